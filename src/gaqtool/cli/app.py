@@ -1,0 +1,65 @@
+"""Typer application: command registration and the single error boundary ``main()``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import typer
+
+from gaqtool import __version__
+from gaqtool.cli.console import console
+from gaqtool.errors import GaqtoolError
+
+app = typer.Typer(
+    name="gaqtool",
+    help="Geometric-Aware Quantization of SO(3)-equivariant interatomic potentials.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gaqtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """Geometric-Aware Quantization of SO(3)-equivariant interatomic potentials."""
+
+
+def _register() -> None:
+    from gaqtool.cli import train  # noqa: F401  (commands register themselves on `app`)
+
+    for name in ("quantize", "evaluate", "lee", "inspect", "md", "bench"):
+        try:
+            __import__(f"gaqtool.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"gaqtool.cli.{name}":
+                raise
+
+
+def main() -> None:
+    """Entry point: run the app; user errors print ``error:``/``hint:`` and exit 1.
+
+    Click handles usage errors itself (exit 2); any other exception is a bug and keeps its
+    traceback. ``GAQTOOL_DEBUG=1`` shows tracebacks for user errors too.
+    """
+    _register()
+    try:
+        app()
+    except GaqtoolError as exc:
+        if os.environ.get("GAQTOOL_DEBUG"):
+            raise
+        if "--json" in sys.argv:
+            sys.stdout.write(json.dumps({"error": {"code": type(exc).__name__, "message": exc.message,
+                                                   "hint": exc.hint}}) + "\n")
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            console.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

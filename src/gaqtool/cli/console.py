@@ -1,0 +1,35 @@
+"""Shared Rich console (stderr), progress-bar factory and JSON output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+__all__ = ["console", "progress", "print_json", "progress_enabled"]
+
+console = Console(stderr=True)
+
+
+def progress_enabled(json_mode: bool = False) -> bool:
+    """Bars only on a terminal, never in --json mode or CI."""
+    return console.is_terminal and not json_mode and not os.environ.get("CI")
+
+
+def progress(json_mode: bool = False, transient: bool = True) -> Progress:
+    """A determinate progress bar on stderr (disabled when not a TTY, in --json mode or CI)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=transient, disable=not progress_enabled(json_mode))
+
+
+def print_json(data: Any) -> None:
+    """Write one JSON document ``{"data": ...}`` to stdout."""
+    sys.stdout.write(json.dumps({"data": data}, indent=2, default=float) + "\n")
+    sys.stdout.flush()

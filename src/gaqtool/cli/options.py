@@ -1,0 +1,20 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gaqtool.data.spec import RMD17_ENV
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout instead of tables.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (rotations, shuffling, initialisation).")]
+Rmd17DirOption = Annotated[Optional[Path], typer.Option(
+    "--rmd17-dir", envvar=RMD17_ENV,
+    help="Directory with rMD17 .npz files (pre-split *_train_01/_test_01, or full files with split CSVs). "
+         "Unset: the shipped aspirin sample is used.")]
+TrustPickleOption = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow loading checkpoints that contain pickled Python objects (only for files you trust).")]
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads (default: torch's choice).")]

@@ -1,0 +1,134 @@
+"""Resolve a ``--data`` spec to frames: a file path, ``rmd17:<molecule>`` or plain ``rmd17``.
+
+rMD17 files are looked up in ``--rmd17-dir`` / ``$GAQTOOL_RMD17_DIR``. Two layouts are accepted:
+pre-split ``rmd17_<mol>_{train,test}_01.npz`` (as in ``../shared/data/rmd17``), or the official
+full ``rmd17_<mol>.npz`` (optionally under ``npz_data/``) with ``index_{train,test}_01.csv``
+(optionally under ``splits/``). With no directory configured, the shipped aspirin sample is used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from gaqtool.data.frames import Frames, read_frames, read_npz
+from gaqtool.errors import DataError
+
+__all__ = [
+    "RMD17_MOLECULES",
+    "RMD17_ENV",
+    "DataSelection",
+    "resolve_data",
+    "standard_split",
+    "sample_path",
+]
+
+RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde",
+                   "naphthalene", "paracetamol", "salicylic", "toluene", "uracil")
+RMD17_ENV = "GAQTOOL_RMD17_DIR"
+SPLIT_SEED = 0
+NUM_VALIDATION = 50
+
+
+@dataclass
+class DataSelection:
+    """Frames plus a note on where they came from (e.g. 'shipped sample')."""
+
+    frames: Frames
+    note: str
+
+
+def sample_path(split: str) -> Path:
+    """Path of the shipped rMD17 aspirin sample (split 'train': 100 frames, 'test': 200)."""
+    return Path(str(resources.files("gaqtool") / "data_files" / f"rmd17_aspirin_{split}_sample.npz"))
+
+
+def _read_rmd17_split(directory: Path, molecule: str, split: str) -> Frames:
+    """Frames of ``split`` ('train' or 'test', split 01) for ``molecule`` in ``directory``."""
+    presplit = directory / f"rmd17_{molecule}_{split}_01.npz"
+    if presplit.is_file():
+        return read_npz(presplit)
+    for full in (directory / f"rmd17_{molecule}.npz", directory / "npz_data" / f"rmd17_{molecule}.npz"):
+        if full.is_file():
+            break
+    else:
+        raise DataError(f"no rMD17 file for '{molecule}' in {directory}",
+                        hint=f"expected rmd17_{molecule}_{split}_01.npz or rmd17_{molecule}.npz")
+    for csv in (directory / f"index_{split}_01.csv", directory / "splits" / f"index_{split}_01.csv"):
+        if csv.is_file():
+            break
+    else:
+        raise DataError(f"no split file index_{split}_01.csv next to {full}",
+                        hint="put the official rMD17 split CSVs in the directory or its splits/")
+    frames = read_npz(full)
+    indices = np.loadtxt(csv, dtype=np.int64).reshape(-1)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= len(frames):
+        raise DataError(f"{csv}: indices outside 0..{len(frames) - 1}")
+    return frames.subset(indices)
+
+
+def standard_split(frames: Frames, part: str) -> Frames:
+    """The standard rMD17 protocol on the train split: 950 'train' / 50 'val' frames (seeded)."""
+    if part == "all":
+        return frames
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(frames))
+    nval = min(NUM_VALIDATION, max(1, len(frames) // 10))
+    if part == "val":
+        return frames.subset(np.sort(perm[:nval]))
+    if part == "train":
+        return frames.subset(np.sort(perm[nval:]))
+    raise ValueError(part)
+
+
+def _rmd17_dir(rmd17_dir: Path | str | None) -> Path | None:
+    value = rmd17_dir if rmd17_dir is not None else os.environ.get(RMD17_ENV) or None
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        raise DataError(f"rMD17 directory not found: {path}",
+                        hint=f"pass an existing directory with --rmd17-dir or ${RMD17_ENV}")
+    return path
+
+
+def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = None,
+                 default_molecule: str | None = None) -> DataSelection:
+    """Frames for ``spec``.
+
+    spec:  a file path, ``rmd17:<molecule>`` or ``rmd17`` (molecule = ``default_molecule``).
+    split: for rMD17, 'test' (1000 frames), 'train' (950), 'val' (50) or 'train-all' (1000);
+           ignored for plain files.
+    """
+    if not (spec == "rmd17" or spec.startswith("rmd17:")):
+        frames = read_frames(Path(spec))
+        return DataSelection(frames, f"{len(frames)} frames from {spec}")
+    molecule = spec.split(":", 1)[1] if ":" in spec else default_molecule
+    if not molecule:
+        raise DataError("no molecule given for --data rmd17",
+                        hint="use --data rmd17:<molecule>, e.g. rmd17:aspirin")
+    molecule = molecule.lower()
+    if molecule not in RMD17_MOLECULES:
+        raise DataError(f"unknown rMD17 molecule '{molecule}'",
+                        hint="choose one of: " + ", ".join(RMD17_MOLECULES))
+    file_split = "test" if split == "test" else "train"
+    directory = _rmd17_dir(rmd17_dir)
+    if directory is None:
+        if molecule != "aspirin":
+            raise DataError(f"no rMD17 directory configured, and the shipped sample is aspirin only",
+                            hint=f"pass --rmd17-dir or set ${RMD17_ENV} to a directory with rMD17 files")
+        frames = read_npz(sample_path(file_split))
+        note = (f"no rMD17 directory configured (--rmd17-dir / ${RMD17_ENV}): using the shipped "
+                f"sample of {len(frames)} aspirin {file_split} frames")
+        if split in ("train", "val"):
+            frames = standard_split(frames, split)
+    else:
+        frames = _read_rmd17_split(directory, molecule, file_split)
+        if split in ("train", "val"):
+            frames = standard_split(frames, split)
+        note = f"rMD17 {molecule}, split 01 {split}: {len(frames)} frames from {directory}"
+    frames.molecule = molecule
+    return DataSelection(frames, note)

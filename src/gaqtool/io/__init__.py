@@ -1,0 +1,1 @@
+"""File formats: FP32 checkpoints, quantized safetensors files, atomic writes."""

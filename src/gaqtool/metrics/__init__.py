@@ -1,0 +1,1 @@
+"""Metrics: accuracy against references, equivariance error, sizes."""

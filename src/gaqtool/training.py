@@ -1,0 +1,141 @@
+"""Energy + force training of a potential: loss, EMA weights, cosine schedule, validation.
+
+Used by ``gaqtool train`` (FP32) and by quantization-aware fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gaqtool.data.frames import Frames
+from gaqtool.data.graph import Batch, iterate_batches
+from gaqtool.metrics.accuracy import accuracy_metrics, predict
+from gaqtool.models.potential import energy_and_forces
+
+__all__ = ["TrainOptions", "TrainResult", "fit_energy_shift", "force_rms", "energy_force_loss",
+           "train_model"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Hyper-parameters of a training run (all recorded in the checkpoint)."""
+
+    epochs: int = 100
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    final_lr_fraction: float = 0.01
+    warmup_steps: int = 200
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+    ema_decay: float = 0.99
+    seed: int = 0
+    max_minutes: float | None = None
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit_energy_shift(frames: Frames, species: list[int]) -> dict[int, float]:
+    """Per-element energies (eV) from least squares of total energy on composition.
+
+    With too few compositions (rMD17: one) every element gets the mean energy per atom.
+    """
+    counts = np.array([[np.sum(z == s) for s in species] for z in frames.numbers], dtype=float)
+    present = counts.sum(0) > 0
+    if np.linalg.matrix_rank(counts[:, present]) < present.sum():
+        per_atom = float(np.mean(frames.energies / counts.sum(1)))
+        return {int(s): per_atom for s in species}
+    solution, *_ = np.linalg.lstsq(counts, frames.energies, rcond=None)
+    return {int(s): float(v) for s, v in zip(species, solution)}
+
+
+def force_rms(frames: Frames) -> float:
+    """Root mean square of reference force components, eV/A."""
+    return float(np.sqrt(np.mean(np.concatenate([f.reshape(-1) for f in frames.forces]) ** 2)))
+
+
+def energy_force_loss(energies: torch.Tensor, forces: torch.Tensor, batch: Batch,
+                      energy_weight: float, force_weight: float) -> torch.Tensor:
+    """w_E * MSE(per-atom energy, eV) + w_F * MSE(force components, eV/A)."""
+    natoms = batch.num_atoms_per_molecule.to(torch.float64)
+    energy_term = (((energies - batch.energies) / natoms) ** 2).mean().float()
+    force_term = ((forces - batch.forces) ** 2).mean()
+    return energy_weight * energy_term + force_weight * force_term
+
+
+def _lr_factor(step: int, total: int, options: TrainOptions) -> float:
+    if step < options.warmup_steps:
+        return (step + 1) / options.warmup_steps
+    progress = min(1.0, (step - options.warmup_steps) / max(1, total - options.warmup_steps))
+    low = options.final_lr_fraction
+    return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: TrainOptions,
+                on_step: Callable[[dict], None] | None = None,
+                loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None
+                ) -> TrainResult:
+    """Train ``model`` in place; return the EMA weights with the best validation force MAE.
+
+    ``on_step(info)`` is called after every step and every epoch (info['kind'] says which).
+    ``loss_fn(model, batch)`` replaces the default energy + force loss (QAT adds terms).
+    """
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate, amsgrad=True)
+    steps_per_epoch = math.ceil(len(train) / options.batch_size)
+    total_steps = steps_per_epoch * options.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total_steps, options))
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(options.ema_decay))
+    if loss_fn is None:
+        def loss_fn(m, b):
+            e, f = energy_and_forces(m, b, create_graph=True)
+            return energy_force_loss(e, f, b, options.energy_weight, options.force_weight)
+
+    best = {"force_mae_mev_a": math.inf}
+    best_state, best_epoch, history = copy.deepcopy(model.state_dict()), -1, []
+    start = time.perf_counter()
+    for epoch in range(options.epochs):
+        model.train()
+        losses = []
+        for batch in iterate_batches(train, options.batch_size, model.cutoff, shuffle=True, generator=rng):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            losses.append(float(loss))
+            if on_step:
+                on_step({"kind": "step", "epoch": epoch, "loss": losses[-1],
+                         "lr": scheduler.get_last_lr()[0]})
+        ema.module.eval()
+        metrics = accuracy_metrics(predict(ema.module, val, batch_size=25), val)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                  "seconds": time.perf_counter() - start, **{f"val_{k}": v for k, v in metrics.items()}}
+        history.append(record)
+        if metrics["force_mae_mev_a"] < best["force_mae_mev_a"]:
+            best, best_epoch = metrics, epoch
+            best_state = copy.deepcopy(ema.module.state_dict())
+        if on_step:
+            on_step({"kind": "epoch", **record, "best_epoch": best_epoch})
+        if options.max_minutes and time.perf_counter() - start > 60 * options.max_minutes:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, best_epoch, best, history, time.perf_counter() - start)
