@@ -99,7 +99,7 @@ def train(
         "data": data, "train_note": train_sel.note, "num_train": len(train_frames),
         "num_val": len(val_sel.frames), "options": options.__dict__, "best_epoch": result.best_epoch,
         "best_val": result.best_val, "seconds": result.seconds, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "torch": str(torch.__version__),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": json.dumps(result.history),
     }
     save_checkpoint(output, result.model, training, test_metrics)

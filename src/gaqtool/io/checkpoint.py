@@ -39,7 +39,12 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, training: dict[str
         "training": training,
         "test_metrics": test_metrics or {},
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp: Path) -> None:
+        torch.save(payload, tmp)
+        torch.load(tmp, weights_only=True)  # refuse to write what a safe reader cannot load
+
+    return atomic_write(path, write)
 
 
 def read_checkpoint(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:

@@ -65,7 +65,8 @@ class EquivariantAttentionLayer(nn.Module):
         self.convolution = ChannelwiseConvolution(irreps_node, irreps_sh, {ir for _, ir in irreps_node})
         irreps_mid = self.convolution.irreps_out
         self.channels = self.convolution.channels
-        self.num_weights = self.channels * self.convolution.num_paths
+        self.num_paths = self.convolution.num_paths
+        self.num_weights = self.channels * self.num_paths
         self.radial = RadialMLP(num_basis, radial_hidden, self.num_weights + num_heads * key_dim)
         self.query = nn.Linear(num_scalars, num_heads * key_dim)
         self.key = nn.Linear(num_scalars, num_heads * key_dim)
@@ -113,7 +114,7 @@ class EquivariantAttentionLayer(nn.Module):
         alpha = weights / (norm.index_select(0, edge_dst) + 1e-9)
 
         # per-edge, per-channel, per-path weights (E, C, P), scaled by the attention of each head
-        weights = tp_weights.view(-1, self.channels, self.convolution.num_paths) \
+        weights = tp_weights.view(-1, self.channels, self.num_paths) \
             * alpha.index_select(1, self.channel_head).unsqueeze(-1)
         aggregated = self.convolution(self.pre_linear(node_features), edge_sh, weights,
                                       edge_src, edge_dst)

@@ -1,0 +1,111 @@
+"""`gaqtool quantize`: options -> QuantConfig -> quantize + calibrate -> report -> safetensors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from gaqtool.cli.app import app
+from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig
+from gaqtool.data.spec import resolve_data
+from gaqtool.errors import InputError
+from gaqtool.io.atomic import atomic_write
+from gaqtool.io.loading import load_model
+from gaqtool.report import render_quantize_report
+from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
+
+ModelArgument = Annotated[Optional[Path], typer.Argument(
+    help="FP32 checkpoint (.pt) to quantize. Default: the embedded aspirin model.", show_default=False)]
+
+
+def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
+                 codebook_size, calib_frames, keep_fp32, force_mode, seed) -> QuantConfig:
+    """QuantConfig from command-line values (shared with QAT)."""
+    return QuantConfig.from_preset(
+        bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
+        direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
+        calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed)
+
+
+@app.command()
+def quantize(
+    model: ModelArgument = None,
+    bits: Annotated[str, typer.Option("--bits", help="Bit widths: wXaY (X in 2,4,8; Y in 8,16), or wX for weight-only.")] = "w4a8",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Quantized safetensors file to write.")] = Path("quantized.safetensors"),
+    method: Annotated[Method, typer.Option("--method", help="gaq: MDDQ activations; naive: per-tensor min-max on every tensor; weight-only: activations stay FP32.")] = Method.GAQ,
+    group_size: Annotated[Optional[int], typer.Option("--group-size", min=1, help="Weight scales per group of this many input channels (default: one scale per output channel).")] = None,
+    observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
+    percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
+    direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation, spherical codebook (l=1), or fp16.")] = DirectionMode.COMPONENT,
+    direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component.")] = 8,
+    codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
+    calib_frames: Annotated[int, typer.Option("--calib-frames", min=1, help="Calibration molecules.")] = 32,
+    calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration frames: rmd17:<molecule> (train split) or a file. Default: the model's molecule.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Held-out frames for the report: rmd17:<molecule> (test split) or a file. Default: the model's molecule.")] = None,
+    eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = 200,
+    lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
+    lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
+    keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'.")] = None,
+    force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="How forces of activation-quantized models are computed (ste: straight-through autograd).")] = ForceMode.STE,
+    report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
+    show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
+    rmd17_dir: Rmd17DirOption = None,
+    trust_pickle: TrustPickleOption = False,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if output.suffix != ".safetensors":
+        raise InputError(f"--output must end in .safetensors, got '{output}'")
+    config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
+                          codebook_size, calib_frames, keep_fp32, force_mode, seed)
+    started = time.perf_counter()
+    loaded = load_model(model, trust_pickle)
+    if loaded.kind != "fp32":
+        raise InputError(f"{loaded.path} is already quantized", hint="quantize the FP32 checkpoint (.pt)")
+    molecule = loaded.molecule
+    calib = resolve_data(calib_data or "rmd17", "train", rmd17_dir, molecule)
+    evaluation = resolve_data(eval_data or "rmd17", "test", rmd17_dir, molecule)
+    eval_set = evaluation.frames.subset(range(min(eval_frames, len(evaluation.frames))))
+    if not json_output:
+        console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
+    with progress(json_output) as bar:
+        task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")
+        quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
+                                          lambda n: bar.update(task, advance=n))
+        t_quant = time.perf_counter() - started
+        task = bar.add_task("evaluating", total=2 * len(eval_set), info="FP32 and quantized")
+        metrics = evaluate_pair(loaded.model, quantized, eval_set, lee_frames, lee_rotations, seed,
+                                lambda n: bar.update(task, advance=n))
+    report = {
+        "bits": config.bits_label, "method": config.method.value, "config": config.to_dict(),
+        "source": {"path": str(loaded.path), "kind": loaded.kind},
+        "calibration": {"frames": min(config.calib_frames, len(calib.frames)), "data": calib.note},
+        "evaluation": {"frames": len(eval_set), "data": evaluation.note},
+        **metrics,
+        "size": size_summary(loaded, quantized),
+        "modules": [{"path": p, **e} for p, e in plan.entries.items()],
+        "unquantized_parameters": plan.unquantized_parameters,
+        "force_mode": f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}",
+        "seconds": {"quantize_calibrate": t_quant},
+    }
+    report = write_quantized(output, loaded, quantized, plan, config, report)
+    report["seconds"]["total"] = time.perf_counter() - started
+    if report_path:
+        atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=float)))
+    if json_output:
+        print_json(report)
+        return
+    render_quantize_report(report, console, show_modules)
+    console.print(f"wrote {output} in {report['seconds']['total']:.1f} s", highlight=False)

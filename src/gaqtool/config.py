@@ -1,0 +1,165 @@
+"""Quantization configuration: a frozen, versioned, serialisable dataclass and preset parsing.
+
+``QuantConfig.from_preset("w4a8")`` gives 4-bit weights and 8-bit activations; ``w8`` or
+``w4a16``/``w4`` variants cover weight-only and 16-bit activations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from gaqtool.errors import InputError
+
+__all__ = ["Method", "ObserverKind", "DirectionMode", "ForceMode", "QuantConfig",
+           "QUANT_CONFIG_VERSION", "parse_bits"]
+
+QUANT_CONFIG_VERSION = 1
+
+
+class Method(str, Enum):
+    """gaq: MDDQ activations + per-channel weights; naive: per-tensor min-max on everything,
+    l>0 components rounded like plain numbers; weight-only: weights quantized, activations FP32."""
+
+    GAQ = "gaq"
+    NAIVE = "naive"
+    WEIGHT_ONLY = "weight-only"
+
+
+class ObserverKind(str, Enum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+
+
+class DirectionMode(str, Enum):
+    """How MDDQ rounds the direction of an l>0 block: per-component grid + re-normalisation,
+    nearest point of a spherical codebook (l=1; other l use the component grid), or float16."""
+
+    COMPONENT = "component"
+    CODEBOOK = "codebook"
+    FP16 = "fp16"
+
+
+class ForceMode(str, Enum):
+    """How forces of an activation-quantized model are computed.
+
+    ste: forces = -dE/dx through the model with every rounding treated as the identity in the
+    backward pass (straight-through). The quantized energy is piecewise constant, so these
+    forces are not its exact gradient; energy conservation is measured, not assumed.
+    """
+
+    STE = "ste"
+
+
+def parse_bits(text: str) -> tuple[int, int | None]:
+    """'w4a8' -> (4, 8); 'w8' or 'w8a32' -> (8, None) (weight-only)."""
+    match = re.fullmatch(r"w(\d+)(?:a(\d+))?", text.strip().lower())
+    if not match:
+        raise InputError(f"cannot parse --bits '{text}'",
+                         hint="use wXaY with X in 2, 4, 8 and Y in 8, 16 (or wX / wXa32 for weight-only)")
+    weight_bits = int(match.group(1))
+    act_bits = int(match.group(2)) if match.group(2) else None
+    if weight_bits not in (2, 4, 8):
+        raise InputError(f"weight bits must be 2, 4 or 8, got {weight_bits}")
+    if act_bits == 32:
+        act_bits = None
+    if act_bits not in (None, 8, 16):
+        raise InputError(f"activation bits must be 8 or 16 (or 32 / omitted for none), got {act_bits}")
+    return weight_bits, act_bits
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything that decides the numbers of a quantized model (stored in the output file).
+
+    weight_bits:      2, 4 or 8 (signed, symmetric)
+    activation_bits:  8, 16, or None for weight-only
+    group_size:       None = one scale per output channel; else per group of input channels
+    observer:         calibration statistic for activation ranges
+    direction_bits:   bits per component for MDDQ 'component' directions
+    codebook_size:    points of the spherical codebook for 'codebook' directions (l=1)
+    keep_fp32:        fnmatch patterns of module paths left in FP32
+    """
+
+    weight_bits: int = 4
+    activation_bits: int | None = 8
+    group_size: int | None = None
+    method: Method = Method.GAQ
+    observer: ObserverKind = ObserverKind.MINMAX
+    percentile: float = 99.99
+    direction_mode: DirectionMode = DirectionMode.COMPONENT
+    direction_bits: int = 8
+    codebook_size: int = 256
+    calib_frames: int = 32
+    keep_fp32: tuple[str, ...] = field(default_factory=tuple)
+    force_mode: ForceMode = ForceMode.STE
+    seed: int = 0
+    version: int = QUANT_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in (2, 4, 8):
+            raise InputError(f"weight_bits must be 2, 4 or 8, got {self.weight_bits}")
+        if self.activation_bits not in (None, 8, 16):
+            raise InputError(f"activation_bits must be 8, 16 or None, got {self.activation_bits}")
+        if self.group_size is not None and self.group_size < 1:
+            raise InputError(f"--group-size must be positive, got {self.group_size}")
+        if not 1 <= self.direction_bits <= 16:
+            raise InputError(f"--direction-bits must be in 1..16, got {self.direction_bits}")
+        if self.codebook_size < 4:
+            raise InputError(f"codebook size must be at least 4, got {self.codebook_size}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise InputError(f"--percentile must be in (50, 100], got {self.percentile}")
+        if self.calib_frames < 1:
+            raise InputError(f"--calib-frames must be at least 1, got {self.calib_frames}")
+        for name, enum in (("method", Method), ("observer", ObserverKind),
+                           ("direction_mode", DirectionMode), ("force_mode", ForceMode)):
+            value = getattr(self, name)
+            if not isinstance(value, enum):
+                try:
+                    object.__setattr__(self, name, enum(value))
+                except ValueError:
+                    allowed = ", ".join(e.value for e in enum)
+                    raise InputError(f"unknown {name.replace('_', '-')} '{value}'",
+                                     hint=f"choose one of: {allowed}") from None
+        object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.activation_bits is not None and self.method != Method.WEIGHT_ONLY
+
+    @property
+    def bits_label(self) -> str:
+        return f"w{self.weight_bits}" + (f"a{self.activation_bits}" if self.quantizes_activations else "")
+
+    @classmethod
+    def from_preset(cls, bits: str, **overrides: Any) -> "QuantConfig":
+        weight_bits, act_bits = parse_bits(bits)
+        return cls(weight_bits=weight_bits, activation_bits=act_bits, **overrides)
+
+    def replace(self, **changes: Any) -> "QuantConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Enum):
+                data[key] = value.value
+        data["keep_fp32"] = list(self.keep_fp32)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
+        version = data.get("version")
+        if version != QUANT_CONFIG_VERSION:
+            raise InputError(f"quantization config version {version!r} is not supported "
+                             f"(this gaqtool reads {QUANT_CONFIG_VERSION})")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown quantization config keys: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        values["keep_fp32"] = tuple(values.get("keep_fp32", ()))
+        return cls(**values)

@@ -1,0 +1,185 @@
+"""The compact quantized-model file: safetensors with bit-packed integer weights.
+
+Tensor names (see docs/FORMAT.md):
+  ``<module>.<param>_packed``  uint8, integers packed (int8 one, int4 two, int2 four per byte)
+  ``<module>.<param>_scale``   float32, flat scales (per view: groups x out channels)
+  ``<module>.<param>_shape``   int64, the parameter's original shape
+  every other tensor of the model's state dict (biases, FP32 modules, activation scales)
+  under its state-dict name, unchanged.
+Metadata (str -> str): ``gaqtool.format_version``, ``gaqtool.model_config``,
+``gaqtool.quant_config``, ``gaqtool.plan``, ``gaqtool.report`` (JSON), ``gaqtool.source_sha256``,
+``gaqtool.tensors_sha256`` (integrity of all tensor bytes). The JSON header is written with
+sorted keys, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from gaqtool import __version__
+from gaqtool.config import QuantConfig
+from gaqtool.errors import FormatError, GaqtoolError
+from gaqtool.io.atomic import atomic_write
+from gaqtool.models.potential import build_model
+from gaqtool.packing import pack_bits, unpack_bits
+from gaqtool.quant.apply import QuantPlan, activation_quantizers, quantize_model
+from gaqtool.quant.modules import QuantizedModule
+
+__all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized", "read_header", "QuantizedFile"]
+
+# Format changelog:
+#   1 (gaqtool 0.1): packed weights + scales + shapes, activation scales as plain tensors.
+FORMAT_VERSION = "1"
+_META_KEYS = ("gaqtool.format_version", "gaqtool.model_config", "gaqtool.quant_config", "gaqtool.plan")
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _canonical(data: bytes) -> bytes:
+    """Rewrite the safetensors JSON header with sorted keys (safetensors orders metadata randomly)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length:]
+
+
+def file_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors written for ``model``: packed weights for quantized modules, the rest as is."""
+    state = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    skip: set[str] = set()
+    for path, module in model.named_modules():
+        if not isinstance(module, QuantizedModule):
+            continue
+        for name in module.weight_names:
+            values = getattr(module, f"{name}_int")
+            tensors[f"{path}.{name}_packed"] = pack_bits(values, module.weight_bits)
+            tensors[f"{path}.{name}_shape"] = torch.tensor(list(values.shape), dtype=torch.int64)
+            skip |= {f"{path}.inner.{name}", f"{path}.{name}_int"}
+    for key, value in state.items():
+        if key not in skip:
+            tensors[key] = value.detach().contiguous().clone()
+    return tensors
+
+
+def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig, plan: QuantPlan,
+                   source_sha256: str, report: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (after ``quantize_model`` + ``calibrate``) atomically to ``path``."""
+    tensors = file_tensors(model)
+    metadata = {
+        "gaqtool.format_version": FORMAT_VERSION,
+        "gaqtool.writer": f"gaqtool {__version__}",
+        "gaqtool.model_config": json.dumps(model.config, sort_keys=True),
+        "gaqtool.quant_config": json.dumps(config.to_dict(), sort_keys=True),
+        "gaqtool.plan": json.dumps(plan.to_dict(), sort_keys=True),
+        "gaqtool.report": json.dumps(report or {}, sort_keys=True, default=float),
+        "gaqtool.source_sha256": source_sha256,
+        "gaqtool.tensors_sha256": _tensors_digest(tensors),
+    }
+    data = _canonical(save(tensors, metadata=metadata))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+class QuantizedFile:
+    """An opened quantized file: metadata (parsed) and tensors, validated."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FormatError(f"file not found: {self.path}", hint="check the path")
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                self.raw_metadata = handle.metadata() or {}
+                self.tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise FormatError(f"{self.path} is not a readable safetensors file "
+                              f"(truncated or corrupted?): {str(exc).splitlines()[0][:200]}",
+                              hint="re-create it with `gaqtool quantize`") from None
+        version = self.raw_metadata.get("gaqtool.format_version")
+        if version is None:
+            raise FormatError(f"{self.path} is a safetensors file but not a gaqtool model "
+                              "(no gaqtool.format_version)")
+        if version != FORMAT_VERSION:
+            raise FormatError(f"{self.path} has gaqtool format version {version}; this gaqtool "
+                              f"reads version {FORMAT_VERSION}", hint="upgrade gaqtool or re-quantize")
+        missing = [k for k in _META_KEYS if k not in self.raw_metadata]
+        if missing:
+            raise FormatError(f"{self.path} lacks metadata {', '.join(missing)}")
+        expected = self.raw_metadata.get("gaqtool.tensors_sha256")
+        if expected and _tensors_digest(self.tensors) != expected:
+            raise FormatError(f"{self.path} is corrupted: its tensors do not match their checksum",
+                              hint="re-create or re-download the file")
+        try:
+            self.model_config = json.loads(self.raw_metadata["gaqtool.model_config"])
+            self.quant_config_dict = json.loads(self.raw_metadata["gaqtool.quant_config"])
+            self.plan = json.loads(self.raw_metadata["gaqtool.plan"])
+            self.report = json.loads(self.raw_metadata.get("gaqtool.report", "{}"))
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{self.path}: metadata is not valid JSON ({exc})") from None
+
+    @property
+    def quant_config(self) -> QuantConfig:
+        try:
+            return QuantConfig.from_dict(self.quant_config_dict)
+        except GaqtoolError as exc:
+            raise FormatError(f"{self.path}: {exc.message}") from None
+
+
+def read_header(path: Path | str) -> QuantizedFile:
+    """Open and validate a quantized file without building the model."""
+    return QuantizedFile(path)
+
+
+def load_quantized(path: Path | str) -> torch.nn.Module:
+    """Rebuild a runnable quantized model from ``path`` (no pickle involved). Eval mode."""
+    qfile = QuantizedFile(path)
+    config = qfile.quant_config
+    try:
+        model = build_model(qfile.model_config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{qfile.path}: cannot rebuild the model from its config: {exc}") from None
+    model, _ = quantize_model(model, config)
+    tensors = dict(qfile.tensors)
+    handled: set[str] = set()
+    try:
+        for path_, module in model.named_modules():
+            if not isinstance(module, QuantizedModule):
+                continue
+            for name in module.weight_names:
+                shape = tuple(tensors.pop(f"{path_}.{name}_shape").tolist())
+                packed = tensors.pop(f"{path_}.{name}_packed")
+                scales = tensors.pop(f"{path_}.{name}_scale")
+                values = unpack_bits(packed, module.weight_bits, shape)
+                module.load_quantized_weight(name, values, scales)
+                handled |= {f"{path_}.inner.{name}", f"{path_}.{name}_int", f"{path_}.{name}_scale"}
+    except KeyError as exc:
+        raise FormatError(f"{qfile.path} lacks tensor {exc}") from None
+    except RuntimeError as exc:
+        raise FormatError(f"{qfile.path}: tensor shapes do not fit the model: {exc}") from None
+    result = model.load_state_dict(tensors, strict=False)
+    missing = set(result.missing_keys) - handled
+    if missing or result.unexpected_keys:
+        raise FormatError(f"{qfile.path} does not match its model config "
+                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]})")
+    for quantizer in activation_quantizers(model):
+        quantizer.mode = "quantize"
+    model.eval()
+    model.quant_config = config
+    model.file_metadata = qfile
+    return model

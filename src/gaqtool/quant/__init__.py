@@ -1,0 +1,1 @@
+"""Quantization: primitives, observers, MDDQ, quantized modules."""
