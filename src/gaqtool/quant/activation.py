@@ -1,0 +1,130 @@
+"""Activation quantizers at irreps-typed module inputs.
+
+``gaq``: l=0 channels get an asymmetric per-channel grid; every l>0 (channel, irrep) block is
+quantized by MDDQ: its norm on an unsigned per-channel grid whose scale is calibrated from
+norms (so calibration is rotation invariant) and its direction by the configured mode.
+``naive``: one symmetric per-tensor grid for all components, l>0 included (the baseline that
+breaks equivariance).
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from gaqtool.config import DirectionMode, Method, QuantConfig
+from gaqtool.irreps import block_norms, merge_blocks, split_blocks
+from gaqtool.quant.direction import fibonacci_sphere
+from gaqtool.quant.mddq import mddq_fake_quantize, norm_scale_from_max
+from gaqtool.quant.observers import make_observer
+from gaqtool.quant.primitives import choose_qparams, fake_quantize
+
+__all__ = ["ActivationQuantizer"]
+
+
+class ActivationQuantizer(nn.Module):
+    """Fake-quantizes a tensor ``(..., irreps.dim)`` (mul_ir layout); modes: off / calibrate / quantize.
+
+    Buffers (filled by calibration, stored in the output file):
+      scalar_scale, scalar_zero_point: (num l=0 channels,) float32 / int32   [gaq]
+      norm_scale:                      (num l>0 channels,) float32           [gaq]
+      tensor_scale:                    (1,) float32                          [naive]
+    """
+
+    def __init__(self, irreps: o3.Irreps, config: QuantConfig):
+        super().__init__()
+        self.irreps = o3.Irreps(irreps)
+        self.method = config.method
+        self.num_bits = int(config.activation_bits)
+        self.observer_kind = config.observer.value
+        self.percentile = config.percentile
+        self.direction_mode = config.direction_mode.value
+        self.direction_bits = config.direction_bits
+        self.mode = "off"
+        num_scalars = sum(mul for mul, ir in self.irreps if ir.l == 0)
+        num_vectors = sum(mul for mul, ir in self.irreps if ir.l > 0)
+        if self.method == Method.NAIVE:
+            self.register_buffer("tensor_scale", torch.ones(1))
+        else:
+            self.register_buffer("scalar_scale", torch.ones(num_scalars))
+            self.register_buffer("scalar_zero_point", torch.zeros(num_scalars, dtype=torch.int32))
+            self.register_buffer("norm_scale", torch.ones(num_vectors))
+        if config.direction_mode == DirectionMode.CODEBOOK and self.method == Method.GAQ:
+            self.register_buffer("codebook", fibonacci_sphere(config.codebook_size), persistent=False)
+        else:
+            self.codebook = None
+        self._observers: dict[str, object] = {}
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps}, {self.method.value}, {self.num_bits} bit, mode={self.mode}"
+
+    # --- calibration -------------------------------------------------------------------
+    def _observe(self, key: str, values: torch.Tensor, channel_dim, symmetric: bool) -> None:
+        if key not in self._observers:
+            self._observers[key] = make_observer(self.observer_kind, channel_dim, self.num_bits,
+                                                 symmetric, percentile=self.percentile)
+        self._observers[key].update(values.detach())
+
+    def _calibrate(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, self.irreps.dim).float()
+        if self.method == Method.NAIVE:
+            self._observe("tensor", flat.reshape(-1), None, True)
+            return
+        mask = torch.tensor([ir.l == 0 for mul, ir in self.irreps for _ in range(mul * ir.dim)])
+        if mask.any():
+            self._observe("scalar", flat[:, mask], 1, False)
+        if not mask.all():
+            norms = block_norms(flat, self.irreps)
+            vector_channels = torch.tensor([ir.l > 0 for mul, ir in self.irreps for _ in range(mul)])
+            self._observe("norm", norms[:, vector_channels], 1, False)
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Turn accumulated statistics into scales; switch to 'quantize' mode."""
+        if self.method == Method.NAIVE and "tensor" in self._observers:
+            low, high = self._observers["tensor"].compute()
+            scale, _ = choose_qparams(low, high, self.num_bits, symmetric=True)
+            self.tensor_scale.copy_(scale.reshape(1))
+        if "scalar" in self._observers:
+            low, high = self._observers["scalar"].compute()
+            scale, zero = choose_qparams(low, high, self.num_bits, symmetric=False)
+            self.scalar_scale.copy_(scale)
+            self.scalar_zero_point.copy_(zero)
+        if "norm" in self._observers:
+            _, high = self._observers["norm"].compute()
+            self.norm_scale.copy_(norm_scale_from_max(high, self.num_bits))
+        self._observers.clear()
+        self.mode = "quantize"
+
+    # --- forward -----------------------------------------------------------------------
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == Method.NAIVE:
+            zero = torch.zeros((), dtype=torch.int32)
+            return fake_quantize(x, self.tensor_scale.reshape(()), zero, self.num_bits, symmetric=True)
+        blocks, out = split_blocks(x, self.irreps), []
+        scalar_offset = vector_offset = 0
+        for (mul, ir), block in zip(self.irreps, blocks):
+            if ir.l == 0:
+                sl = slice(scalar_offset, scalar_offset + mul)
+                out.append(fake_quantize(block[..., 0], self.scalar_scale[sl], self.scalar_zero_point[sl],
+                                         self.num_bits, symmetric=False).unsqueeze(-1))
+                scalar_offset += mul
+            else:
+                sl = slice(vector_offset, vector_offset + mul)
+                mode = self.direction_mode
+                if mode == "codebook" and ir.l != 1:
+                    mode = "component"  # the spherical codebook is defined for l=1 only
+                out.append(mddq_fake_quantize(block, self.norm_scale[sl], self.num_bits, mode,
+                                              self.direction_bits,
+                                              codebook=self.codebook if mode == "codebook" else None))
+                vector_offset += mul
+        return merge_blocks(out, self.irreps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        if self.mode == "calibrate":
+            self._calibrate(x)
+            return x
+        return self._quantize(x)

@@ -1,0 +1,153 @@
+"""``quantize_model(model, config)``: swap every supported module for a ``QuantizedModule``
+(the torchao ``quantize_`` pattern) and record every module left in FP32 with its reason.
+
+Supported: ``e3nn.o3.Linear`` (per path), ``e3nn.o3.TensorProduct`` (internal weights per
+instruction; inputs by irreps), e3nn ``FullyConnectedNet`` layers, ``torch.nn.Linear``,
+``torch.nn.Embedding``, and gaqtool's ``ChannelwiseConvolution`` (no weights; its irreps
+inputs are quantized).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from gaqtool.config import QuantConfig
+from gaqtool.models.convolution import ChannelwiseConvolution
+from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.modules import QuantizedModule
+
+__all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS"]
+
+
+def _scalars(n: int) -> o3.Irreps:
+    return o3.Irreps(f"{n}x0e")
+
+
+def _is_fc_layer(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("e3nn.nn._fc") and type(module).__name__ == "_Layer"
+
+
+# kind -> (matches(module), (input irreps per positional input, weight parameter names))
+HANDLERS: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], tuple[list, list[str]]]]] = {
+    "o3.Linear": (lambda m: isinstance(m, o3.Linear),
+                  lambda m: ([m.irreps_in], ["weight"] if m.weight_numel > 0 else [])),
+    "o3.TensorProduct": (lambda m: isinstance(m, o3.TensorProduct),
+                         lambda m: ([m.irreps_in1, m.irreps_in2, None],
+                                    ["weight"] if m.internal_weights and m.weight_numel > 0 else [])),
+    "e3nn.FullyConnectedNet.layer": (_is_fc_layer, lambda m: ([_scalars(m.h_in)], ["weight"])),
+    "ChannelwiseConvolution": (lambda m: isinstance(m, ChannelwiseConvolution),
+                               lambda m: ([m.irreps_in, m.irreps_sh, None, None, None], [])),
+    "nn.Linear": (lambda m: isinstance(m, nn.Linear),
+                  lambda m: ([_scalars(m.in_features)], ["weight"])),
+    "nn.Embedding": (lambda m: isinstance(m, nn.Embedding), lambda m: ([None], ["weight"])),
+}
+
+
+@dataclass
+class QuantPlan:
+    """What ``quantize_model`` did: one entry per module (quantized or kept FP32) with reasons.
+
+    entries: path -> {"kind", "status": "quantized"|"fp32", "reason", "weight_bits",
+                      "num_weights", "inputs": [irreps or None]}
+    unquantized_parameters: parameter/buffer paths stored as float32, with a reason each
+    """
+
+    entries: dict[str, dict] = field(default_factory=dict)
+    unquantized_parameters: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"entries": self.entries, "unquantized_parameters": self.unquantized_parameters}
+
+
+def _kind_of(module: nn.Module) -> str | None:
+    for kind, (matches, _) in HANDLERS.items():
+        if matches(module):
+            return kind
+    return None
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, module)
+
+
+def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, QuantPlan]:
+    """Quantize ``model`` in place (weights now; activation scales by ``calibrate``)."""
+    plan = QuantPlan()
+    swaps: list[tuple[str, nn.Module, str]] = []
+    skip_below: list[str] = []
+    for path, module in model.named_modules():
+        if not path or any(path.startswith(p + ".") for p in skip_below):
+            continue
+        kind = _kind_of(module)
+        pattern = next((p for p in config.keep_fp32 if fnmatch.fnmatchcase(path, p)), None)
+        if pattern is not None and (kind is not None or module._parameters):
+            plan.entries[path] = {"kind": kind or type(module).__name__, "status": "fp32",
+                                  "reason": f"kept FP32 by --keep-fp32 '{pattern}'"}
+            skip_below.append(path)
+            continue
+        if kind is not None:
+            swaps.append((path, module, kind))
+            skip_below.append(path)
+        elif any(p is not None for p in module._parameters.values()):
+            names = ", ".join(n for n, p in module._parameters.items() if p is not None)
+            plan.entries[path] = {"kind": type(module).__name__, "status": "fp32",
+                                  "reason": f"no quantization handler for {type(module).__name__} "
+                                            f"(parameters: {names})"}
+    for path, module, kind in swaps:
+        input_irreps, weight_names = HANDLERS[kind][1](module)
+        wrapped = QuantizedModule(module, kind, input_irreps, weight_names, config)
+        _set_submodule(model, path, wrapped)
+        plan.entries[path] = {
+            "kind": kind, "status": "quantized",
+            "reason": "" if weight_names else "no weights: inputs quantized only",
+            "weight_bits": config.weight_bits if weight_names else None,
+            "num_weights": int(sum(getattr(wrapped, f"{n}_int").numel() for n in weight_names)),
+            "inputs": [str(i) if (i is not None and config.quantizes_activations) else None
+                       for i in input_irreps],
+        }
+    for name, tensor in model.state_dict().items():
+        if name.endswith("_int") or name.endswith("_scale") or ".input_quantizers." in name:
+            continue
+        module_path, _, leaf = name.rpartition(".")
+        owner = module_path.removesuffix(".inner")
+        entry = plan.entries.get(owner)
+        if entry and entry["status"] == "quantized" and leaf in HANDLERS[entry["kind"]][1](
+                model.get_submodule(owner).inner)[1]:
+            continue
+        reason = "bias (kept FP32)" if leaf == "bias" else (
+            entry["reason"] if entry and entry["status"] == "fp32" else "not a weight of a supported module")
+        plan.unquantized_parameters[name] = reason
+    return model, plan
+
+
+def activation_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
+    return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable, run: Callable[[nn.Module, object], object],
+              on_batch: Callable[[object], None] | None = None) -> int:
+    """Collect activation statistics with ``run(model, batch)`` on every batch, then fix scales.
+
+    Returns the number of activation quantizers calibrated (0 for weight-only models).
+    """
+    quantizers = activation_quantizers(model)
+    if not quantizers:
+        return 0
+    for q in quantizers:
+        q.mode = "calibrate"
+    for batch in batches:
+        run(model, batch)
+        if on_batch:
+            on_batch(batch)
+    for q in quantizers:
+        q.finish_calibration()
+    return len(quantizers)

@@ -1,0 +1,87 @@
+"""``QuantizedModule``: wraps one module with quantized weights and quantized inputs.
+
+The wrapped module keeps its own forward; its weight parameters are replaced by buffers
+holding the dequantized values (fake quantization), while the integer values and scales are
+kept beside them (``<name>_int``, ``<name>_scale``) for packing and for integer kernels.
+``irreps_in``/``irreps_out`` of the wrapped module are kept, so e3nn's equivariance tests
+apply to the wrapper.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from gaqtool.config import QuantConfig
+from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.weights import dequantize_parameter, quantize_parameter
+
+__all__ = ["QuantizedModule"]
+
+
+class QuantizedModule(nn.Module):
+    """Quantized wrapper of ``inner``.
+
+    kind:         handler name, e.g. 'o3.Linear' (recorded in the file)
+    input_irreps: one entry per positional tensor input: irreps to quantize it with, or None
+    weight_names: parameters of ``inner`` to quantize (weight_bits, symmetric)
+    """
+
+    def __init__(self, inner: nn.Module, kind: str, input_irreps: list[o3.Irreps | None],
+                 weight_names: list[str], config: QuantConfig, weight_bits: int | None = None):
+        super().__init__()
+        self.inner = inner
+        self.kind = kind
+        self.weight_names = list(weight_names)
+        self.weight_bits = int(weight_bits if weight_bits is not None else config.weight_bits)
+        self.group_size = config.group_size
+        self.per_tensor = config.method.value == "naive"
+        quantize_inputs = config.quantizes_activations
+        self.input_quantizers = nn.ModuleList(
+            ActivationQuantizer(irreps, config) if (irreps is not None and quantize_inputs) else nn.Identity()
+            for irreps in input_irreps)
+        for attr in ("irreps_in", "irreps_out", "irreps_in1", "irreps_in2"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+        for name in self.weight_names:
+            values, scales = quantize_parameter(inner, name, self.weight_bits, self.group_size, self.per_tensor)
+            self.register_buffer(f"{name}_int", values)
+            self.register_buffer(f"{name}_scale", scales)
+            self._set_weight(name, dequantize_parameter(inner, name, values, scales, self.group_size,
+                                                        self.per_tensor))
+
+    def _set_weight(self, name: str, value: torch.Tensor) -> None:
+        """Replace parameter ``inner.<name>`` by a buffer holding ``value`` (no gradient)."""
+        if name in self.inner._parameters:
+            del self.inner._parameters[name]
+            self.inner.register_buffer(name, value)
+        else:
+            getattr(self.inner, name).copy_(value)
+
+    @torch.no_grad()
+    def load_quantized_weight(self, name: str, values: torch.Tensor, scales: torch.Tensor) -> None:
+        """Install integer ``values`` (parameter shape, int8) and flat ``scales`` read from a file."""
+        getattr(self, f"{name}_int").copy_(values)
+        getattr(self, f"{name}_scale").copy_(scales)
+        self._set_weight(name, dequantize_parameter(self.inner, name, values, scales, self.group_size,
+                                                    self.per_tensor))
+
+    def __getattr__(self, name: str):
+        """Fall back to the wrapped module's attributes (e.g. ``num_paths``, ``irreps_sh``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self._modules.get("inner")
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+    def activation_quantizers(self) -> list[ActivationQuantizer]:
+        return [q for q in self.input_quantizers if isinstance(q, ActivationQuantizer)]
+
+    def forward(self, *args, **kwargs):
+        quantizers = list(self.input_quantizers)
+        args = tuple(quantizers[i](a) if i < len(quantizers) and isinstance(a, torch.Tensor) else a
+                     for i, a in enumerate(args))
+        return self.inner(*args, **kwargs)

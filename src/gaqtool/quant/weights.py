@@ -1,0 +1,102 @@
+"""Weight quantization of matrices ``W (in, out)``: symmetric integers, one scale per output
+channel (or per group of input channels and output channel), or one scale per tensor.
+
+Parameters of every supported module are seen as a list of such matrices that are *views* of
+the parameter (``matrix_views``), so quantized values can be written back in place and an
+integer tensor of the parameter's own shape can be built with the same views.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from gaqtool.quant.primitives import choose_qparams, dequantize, quantize
+
+__all__ = ["matrix_views", "quantize_parameter", "dequantize_parameter", "num_scales",
+           "expected_num_scales"]
+
+
+def matrix_views(module: nn.Module, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Views ``(in, out)`` of ``tensor`` (shaped like ``module.<name>``), one per weight matrix.
+
+    o3.Linear: one [mul_in, mul_out] matrix per path; o3.TensorProduct: per instruction,
+    [mul_1 * mul_2, mul_out] for 'uvw' (and [mul, ...] forms otherwise); nn.Linear [out, in]
+    -> its transpose; nn.Embedding [num, dim] -> transpose (one scale per embedding row);
+    e3nn FullyConnectedNet layers store [h_in, h_out] already.
+    """
+    if isinstance(module, o3.Linear):
+        return [v for v in module.weight_views(weight=tensor)]
+    if isinstance(module, o3.TensorProduct):
+        views = []
+        for view in module.weight_views(weight=tensor):
+            views.append(view.reshape(-1, view.shape[-1]) if view.dim() > 1 else view.reshape(-1, 1))
+        return views
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        return [tensor.t()]
+    if tensor.dim() == 2:  # e3nn.nn.FullyConnectedNet layer: [h_in, h_out]
+        return [tensor]
+    raise TypeError(f"no matrix layout known for {type(module).__name__}.{name}")
+
+
+def _groups(rows: int, group_size: int | None) -> list[slice]:
+    if group_size is None or group_size >= rows:
+        return [slice(0, rows)]
+    return [slice(s, min(s + group_size, rows)) for s in range(0, rows, group_size)]
+
+
+def num_scales(view_shape: tuple[int, int], group_size: int | None, per_tensor: bool) -> int:
+    """How many scales one ``(in, out)`` matrix takes."""
+    if per_tensor:
+        return 0
+    rows, cols = view_shape
+    return len(_groups(rows, group_size)) * cols
+
+
+def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: int | None,
+                       per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``module.<name>`` symmetrically; return (int8 values shaped like the parameter,
+    flat float32 scales in view order: per view, groups x out, row-major; or one scale if
+    ``per_tensor``)."""
+    weight = getattr(module, name).detach().float()
+    values = torch.zeros(weight.shape, dtype=torch.int8)
+    if per_tensor:
+        scale, zero = choose_qparams(weight.min(), weight.max(), num_bits, symmetric=True)
+        values.copy_(quantize(weight, scale, zero, num_bits, symmetric=True).to(torch.int8))
+        return values, scale.reshape(1).float()
+    scales = []
+    for w, q in zip(matrix_views(module, name, weight), matrix_views(module, name, values)):
+        for rows in _groups(w.shape[0], group_size):
+            block = w[rows]
+            scale, zero = choose_qparams(block.amin(0), block.amax(0), num_bits, symmetric=True)
+            q[rows] = quantize(block, scale, zero, num_bits, symmetric=True).to(torch.int8)
+            scales.append(scale.float().reshape(-1))
+    return values, torch.cat(scales) if scales else torch.zeros(0)
+
+
+def dequantize_parameter(module: nn.Module, name: str, values: torch.Tensor, scales: torch.Tensor,
+                         group_size: int | None, per_tensor: bool) -> torch.Tensor:
+    """Float32 weights shaped like ``module.<name>`` from int values and flat scales."""
+    out = torch.zeros(values.shape, dtype=torch.float32)
+    if per_tensor:
+        return out.copy_(values.float() * scales.reshape(()))
+    offset = 0
+    for q, w in zip(matrix_views(module, name, values), matrix_views(module, name, out)):
+        for rows in _groups(q.shape[0], group_size):
+            count = q.shape[1]
+            scale = scales[offset:offset + count]
+            w[rows] = dequantize(q[rows].to(torch.int32), scale, torch.zeros_like(scale, dtype=torch.int32))
+            offset += count
+    if offset != scales.numel():
+        raise ValueError(f"{scales.numel()} scales for {offset} needed")
+    return out
+
+
+def expected_num_scales(module: nn.Module, name: str, group_size: int | None, per_tensor: bool) -> int:
+    """Number of scales ``quantize_parameter`` produces for ``module.<name>``."""
+    if per_tensor:
+        return 1
+    weight = getattr(module, name)
+    return sum(num_scales(tuple(v.shape), group_size, False) for v in matrix_views(module, name, weight.detach()))
+
