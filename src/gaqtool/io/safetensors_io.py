@@ -88,7 +88,9 @@ def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig
         "gaqtool.model_config": json.dumps(model.config, sort_keys=True),
         "gaqtool.quant_config": json.dumps(config.to_dict(), sort_keys=True),
         "gaqtool.plan": json.dumps(plan.to_dict(), sort_keys=True),
-        "gaqtool.report": json.dumps(report or {}, sort_keys=True, default=float),
+        "gaqtool.report": json.dumps({k: v for k, v in (report or {}).items()
+                                      if k not in ("modules", "unquantized_parameters")},
+                                     sort_keys=True, default=float),
         "gaqtool.source_sha256": source_sha256,
         "gaqtool.tensors_sha256": _tensors_digest(tensors),
     }

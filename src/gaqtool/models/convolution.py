@@ -43,13 +43,15 @@ class ChannelwiseConvolution(nn.Module):
                 for ir_out in ir_in * ir_sh:
                     if ir_out not in allowed:
                         continue
-                    cg = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l) * math.sqrt(ir_out.dim)
-                    block = torch.zeros(self.irreps_sh.dim, ir_in.dim, ir_out.dim)
+                    cg = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64) * math.sqrt(ir_out.dim)
+                    block = torch.zeros(self.irreps_sh.dim, ir_in.dim, ir_out.dim, dtype=torch.float64)
                     block[self.irreps_sh.slices()[j]] = cg.transpose(0, 1)
                     coupling.append(block)
                     paths.append((i, ir_out, width))
                     width += ir_out.dim
-            self.register_buffer(f"coupling_{i}", torch.cat(coupling, dim=2).reshape(self.irreps_sh.dim, -1))
+            # kept in float64 so that .double() models are exact; cast to the input dtype in forward
+            self.register_buffer(f"coupling_{i}", torch.cat(coupling, dim=2).reshape(self.irreps_sh.dim, -1),
+                                 persistent=False)
             self.group_widths.append(width)
         self.num_paths = len(paths)
         # order paths by output irrep so that irreps_out is sorted; remember where each column goes
@@ -71,7 +73,8 @@ class ChannelwiseConvolution(nn.Module):
         outputs = []
         for i, ((_, ir_in), sl) in enumerate(zip(self.irreps_in, self.irreps_in.slices())):
             x = node_features[:, sl].reshape(num_nodes, c, ir_in.dim).index_select(0, edge_src)  # (E, C, d_in)
-            coupling = (edge_sh @ getattr(self, f"coupling_{i}")).view(num_edges, ir_in.dim, -1)
+            coupling_matrix = getattr(self, f"coupling_{i}").to(edge_sh.dtype)
+            coupling = (edge_sh @ coupling_matrix).view(num_edges, ir_in.dim, self.group_widths[i])
             outputs.append(torch.bmm(x, coupling))                                     # (E, C, D_i)
         messages = torch.cat(outputs, dim=2) * edge_weights.index_select(2, self.column_path)  # (E, C, D)
         summed = messages.new_zeros(num_nodes, c, messages.shape[2]).index_add(0, edge_dst, messages)

@@ -37,7 +37,8 @@ def _is_fc_layer(module: nn.Module) -> bool:
 HANDLERS: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], tuple[list, list[str]]]]] = {
     "o3.Linear": (lambda m: isinstance(m, o3.Linear),
                   lambda m: ([m.irreps_in], ["weight"] if m.weight_numel > 0 else [])),
-    "o3.TensorProduct": (lambda m: isinstance(m, o3.TensorProduct),
+    # weightless products (e.g. the ElementwiseTensorProduct inside e3nn's Gate) are not matched
+    "o3.TensorProduct": (lambda m: isinstance(m, o3.TensorProduct) and m.weight_numel > 0,
                          lambda m: ([m.irreps_in1, m.irreps_in2, None],
                                     ["weight"] if m.internal_weights and m.weight_numel > 0 else [])),
     "e3nn.FullyConnectedNet.layer": (_is_fc_layer, lambda m: ([_scalars(m.h_in)], ["weight"])),

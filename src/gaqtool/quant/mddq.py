@@ -15,11 +15,10 @@ torch.Size([10, 4, 3])
 
 from __future__ import annotations
 
-import enum
-
 import torch
 from torch import Tensor
 
+from gaqtool.config import DirectionMode
 from gaqtool.errors import InputError
 from gaqtool.quant.direction import (
     quantize_direction_codebook,
@@ -35,14 +34,6 @@ __all__ = [
 ]
 
 MIN_NORM_SCALE = 1e-12
-
-
-class DirectionMode(str, enum.Enum):
-    """How MDDQ quantizes directions."""
-
-    COMPONENT = "component"  # per-component symmetric grid + re-normalize, direction_bits each
-    CODEBOOK = "codebook"  # nearest vector of a spherical codebook (l=1 only)
-    FP16 = "fp16"  # keep the direction in float16
 
 
 def _direction_mode(mode: str | DirectionMode) -> DirectionMode:

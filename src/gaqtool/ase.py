@@ -1,0 +1,83 @@
+"""ASE calculator for gaqtool models (FP32 checkpoints and quantized safetensors files).
+
+    >>> from gaqtool.ase import GAQCalculator                      # doctest: +SKIP
+    >>> atoms.calc = GAQCalculator("quantized.safetensors")        # doctest: +SKIP
+    >>> atoms.get_potential_energy(), atoms.get_forces()           # eV, (N, 3) eV/A  # doctest: +SKIP
+
+Molecules only (no periodic boundary conditions). The neighbour list is rebuilt on every call.
+This module is ``gaqtool.ase``; the imports below are absolute, so ``ase`` is the ASE package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from gaqtool.data.graph import Batch, radius_graph
+from gaqtool.errors import InputError
+from gaqtool.io.loading import load_model
+from gaqtool.models.potential import energy_and_forces
+
+__all__ = ["GAQCalculator", "atoms_to_batch"]
+
+
+def atoms_to_batch(numbers: np.ndarray, positions: np.ndarray, cutoff: float,
+                   device: torch.device | str = "cpu") -> Batch:
+    """One molecule as a Batch: numbers (N,) int, positions (N, 3) Angstrom -> float32 graph."""
+    z = torch.as_tensor(np.asarray(numbers), dtype=torch.int64)
+    pos = torch.as_tensor(np.asarray(positions, dtype=np.float64)).to(torch.float32)
+    molecule_index = torch.zeros(len(z), dtype=torch.int64)
+    src, dst = radius_graph(pos, molecule_index, cutoff)
+    return Batch(z, pos, molecule_index, 1, src, dst).to(device)
+
+
+class GAQCalculator(Calculator):
+    """Energy (eV) and forces (eV/A, -dE/dx by autograd) from a gaqtool model.
+
+    path_or_model: a model file (.pt FP32 checkpoint or quantized .safetensors), an already
+                   loaded model (``nn.Module`` with ``cutoff`` and ``config``), or None for
+                   the embedded aspirin model.
+    free_energy is reported equal to energy (no electronic temperature).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, path_or_model: str | Path | torch.nn.Module | None = None, device: str = "cpu",
+                 trust_pickle: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(path_or_model, torch.nn.Module):
+            self.model = path_or_model
+            self.label_text = type(path_or_model).__name__
+        else:
+            loaded = load_model(path_or_model, trust_pickle)
+            self.model = loaded.model
+            self.label_text = f"{loaded.path.name} ({loaded.label})"
+        self.device = torch.device(device)
+        self.model = self.model.to(self.device).eval()
+        self.cutoff = float(self.model.cutoff)
+        self.species = [int(z) for z in self.model.config["species"]]
+
+    def _check_atoms(self, atoms) -> None:
+        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.species))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            allowed = ", ".join(chemical_symbols[z] for z in self.species)
+            raise InputError(f"{self.label_text} cannot handle element(s) {names}",
+                             hint=f"the model was trained on {allowed} only")
+        if np.any(atoms.pbc):
+            raise InputError("periodic boundary conditions are not supported by GAQCalculator",
+                             hint="use isolated molecules (atoms.pbc = False)")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self._check_atoms(self.atoms)
+        batch = atoms_to_batch(self.atoms.numbers, self.atoms.positions, self.cutoff, self.device)
+        energies, forces = energy_and_forces(self.model, batch)
+        energy = float(energies.detach()[0].cpu())
+        self.results = {"energy": energy, "free_energy": energy,
+                        "forces": forces.detach().cpu().double().numpy()}

@@ -1,0 +1,71 @@
+"""`gaqtool inspect FILE`: header, metadata and per-tensor bits and bytes of a quantized file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gaqtool.cli.app import app
+from gaqtool.cli.console import console, print_json
+from gaqtool.cli.options import JsonOption
+from gaqtool.io.safetensors_io import read_header
+from gaqtool.report import format_bytes
+
+
+def tensor_rows(qfile) -> list[dict]:
+    """One row per stored tensor: name, dtype, shape, bytes and bits per stored value."""
+    bits_of = {path: entry.get("weight_bits") for path, entry in qfile.plan["entries"].items()}
+    rows = []
+    for name, tensor in sorted(qfile.tensors.items()):
+        module, _, leaf = name.rpartition(".")
+        bits = tensor.element_size() * 8
+        if leaf.endswith("_packed"):
+            bits = bits_of.get(module) or bits
+        rows.append({"name": name, "dtype": str(tensor.dtype).replace("torch.", ""),
+                     "shape": list(tensor.shape), "bytes": tensor.numel() * tensor.element_size(),
+                     "bits": bits})
+    return rows
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Quantized .safetensors file written by `gaqtool quantize`.")],
+    tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
+    json_output: JsonOption = False,
+) -> None:
+    """Show the header, metadata and per-tensor bits and bytes of a quantized file."""
+    qfile = read_header(path)
+    rows = tensor_rows(qfile)
+    summary = {
+        "path": str(path), "file_bytes": path.stat().st_size,
+        "tensor_bytes": sum(r["bytes"] for r in rows),
+        "header_bytes": path.stat().st_size - sum(r["bytes"] for r in rows),
+        "metadata": {k: (json.loads(v) if k in ("gaqtool.model_config", "gaqtool.quant_config") else v)
+                     for k, v in qfile.raw_metadata.items() if k not in ("gaqtool.plan", "gaqtool.report")},
+        "modules": qfile.plan["entries"],
+        "tensors": rows,
+    }
+    if json_output:
+        print_json(summary)
+        return
+    config = qfile.quant_config
+    console.print(f"[bold]{path}[/]: gaqtool format {qfile.raw_metadata['gaqtool.format_version']}, "
+                  f"{qfile.raw_metadata.get('gaqtool.writer', '?')}, {format_bytes(summary['file_bytes'])} "
+                  f"({format_bytes(summary['tensor_bytes'])} tensors, "
+                  f"{format_bytes(summary['header_bytes'])} header)", highlight=False)
+    console.print(f"method {config.method.value} {config.bits_label}, group size {config.group_size or 'per-channel'}, "
+                  f"observer {config.observer.value}, directions {config.direction_mode.value}; "
+                  f"molecule {qfile.model_config.get('molecule', '?')}; source sha256 "
+                  f"{qfile.raw_metadata.get('gaqtool.source_sha256', '?')[:16]}…", highlight=False)
+    if tensors:
+        table = Table(title="tensors")
+        for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("bits", "right"), ("bytes", "right")):
+            table.add_column(col, justify=justify)
+        for r in rows:
+            table.add_row(r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", str(r["bits"]),
+                          str(r["bytes"]))
+        console.print(table)

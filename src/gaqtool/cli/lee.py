@@ -1,0 +1,207 @@
+"""`gaqtool lee-check`: local equivariance error of models next to their FP32 floor; no math here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+from rich.table import Table
+
+from gaqtool.cli.app import app
+from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.data.frames import Frames
+from gaqtool.data.spec import resolve_data
+from gaqtool.errors import InputError
+from gaqtool.io.checkpoint import default_model_path
+from gaqtool.io.loading import LoadedModel, file_sha256, load_model
+from gaqtool.metrics.equivariance import local_equivariance_error
+from gaqtool.metrics.localization import localize_equivariance
+
+ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
+    help="Model files: FP32 checkpoints (.pt) or quantized .safetensors. Default: the embedded model.",
+    show_default=False)]
+
+
+def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle: bool
+                  ) -> tuple[dict[str, LoadedModel], list[str]]:
+    """Map the path of each quantized model to its FP32 parent; notes on what was assumed.
+
+    Parent: ``--fp32`` if given; else an FP32 model among the arguments, or the embedded model,
+    whose SHA-256 equals the quantized file's ``gaqtool.source_sha256``.
+    """
+    notes: list[str] = []
+    quantized = [m for m in models if m.kind == "quantized"]
+    if fp32 is not None:
+        parent = load_model(fp32, trust_pickle)
+        if parent.kind != "fp32":
+            raise InputError(f"--fp32 {fp32} is a quantized file", hint="pass the FP32 checkpoint (.pt)")
+        sha = file_sha256(parent.path)
+        for m in quantized:
+            if m.info.get("source_sha256") not in (None, sha):
+                notes.append(f"{m.path} was quantized from another checkpoint than {fp32} "
+                             "(SHA-256 differs); its floor is --fp32 anyway")
+        return {str(m.path): parent for m in quantized}, notes
+    candidates = {file_sha256(m.path): m for m in models if m.kind == "fp32"}
+    embedded = default_model_path()
+    parents: dict[str, LoadedModel] = {}
+    for m in quantized:
+        source = m.info.get("source_sha256")
+        if source in candidates:
+            parents[str(m.path)] = candidates[source]
+        elif source and embedded.is_file() and file_sha256(embedded) == source:
+            candidates[source] = load_model(embedded)
+            parents[str(m.path)] = candidates[source]
+        else:
+            notes.append(f"no FP32 parent known for {m.path}: pass it with --fp32 to see the floor")
+    return parents, notes
+
+
+def _rows(models: list[LoadedModel], parents: dict[str, LoadedModel]) -> list[dict[str, Any]]:
+    """One row per model to measure: argument models in order, each missing parent before its child."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    argument_paths = {str(m.path) for m in models}
+    for m in models:
+        parent = parents.get(str(m.path))
+        if parent is not None and str(parent.path) not in argument_paths and str(parent.path) not in seen:
+            rows.append({"model": parent, "role": "fp32 floor", "argument": False})
+            seen.add(str(parent.path))
+        if str(m.path) not in seen:
+            rows.append({"model": m, "role": m.kind, "argument": True,
+                         "parent": str(parent.path) if parent is not None else None})
+            seen.add(str(m.path))
+    return rows
+
+
+def _frames_for(molecule: str | None, data: str, rmd17_dir, num_frames: int, cache: dict,
+                notes: list[str]) -> Frames:
+    key = molecule if data.startswith("rmd17") else data
+    if key not in cache:
+        selection = resolve_data(data, "test", rmd17_dir, molecule)
+        cache[key] = selection.frames.subset(range(min(num_frames, len(selection.frames))))
+        notes.append(f"{selection.note}; first {len(cache[key])} used")
+    return cache[key]
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _fmt_ratio(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}x" if x >= 100 else f"{x:.3g}x"
+
+
+_METRICS = (("F mean (meV/A)", "force_mean_mev_a"), ("F max (meV/A)", "force_max_mev_a"),
+            ("F mean / mean |F|", "force_relative"), ("E mean (meV)", "energy_mean_mev"),
+            ("E max (meV)", "energy_max_mev"))
+
+
+def _render(rows: list[dict[str, Any]], top: int, localize: bool) -> None:
+    """Metrics as rows, models as columns (side by side), then the --localize rankings."""
+    table = Table(title="Local equivariance error (finite rotations)")
+    table.add_column("metric")
+    for row in rows:
+        table.add_column(Path(row["path"]).name, justify="right", overflow="fold")
+    table.add_row("model", *[r["label"] if r["argument"] else "FP32 floor" for r in rows])
+    for name, key in _METRICS:
+        table.add_row(name, *[_fmt(r["lee"][key], ".2e" if key == "force_relative" else ".3g")
+                              for r in rows])
+    table.add_row("F mean vs FP32 floor", *[
+        "floor" if r["kind"] == "fp32" and r["ratio_to_floor"] == 1.0
+        else _fmt_ratio(r["ratio_to_floor"]) for r in rows])
+    console.print(table)
+    console.print("[dim]finite Haar rotations, seeded; the Lie-derivative LEE would miss rounding "
+                  "errors (round() has zero derivative)[/]", highlight=False)
+    if not localize:
+        return
+    for row in rows:
+        if not row["argument"]:
+            continue
+        local = Table(title=f"Top {top} modules breaking equivariance: {Path(row['path']).name}")
+        local.add_column("#", justify="right")
+        local.add_column("module", overflow="fold")
+        for name in ("introduced", "output", "input"):
+            local.add_column(name, justify="right")
+        for k, entry in enumerate(row["localization"][:top], 1):
+            local.add_row(str(k), f"{entry['path']}\n[dim]{entry['kind']}[/]",
+                          _fmt(entry["introduced_error"], ".2e"), _fmt(entry["output_error"], ".2e"),
+                          _fmt(entry["input_error"], ".2e"))
+        console.print(local)
+    console.print("[dim]module errors are relative: |out(Rx) - D(R) out(x)| / |out(x)|; "
+                  "introduced = output error - input error[/]", highlight=False)
+
+
+def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes) -> None:
+    cache: dict = {}
+    total = len(rows) * rotations + (sum(r["argument"] for r in rows) * rotations if localize else 0)
+    with progress(json_output) as bar:
+        task = bar.add_task("LEE", total=total, info="")
+        for row in rows:
+            loaded: LoadedModel = row["model"]
+            frames = _frames_for(loaded.molecule, data, rmd17_dir, num_frames, cache, notes)
+            bar.update(task, info=loaded.path.name)
+            row["lee"] = local_equivariance_error(loaded.model, frames, rotations, seed,
+                                                  on_progress=lambda n: bar.update(task, advance=n))
+            if localize and row["argument"]:
+                row["localization"] = localize_equivariance(
+                    loaded.model, frames, rotations, seed, batch_size=len(frames),
+                    on_progress=lambda n: bar.update(task, advance=n))
+
+
+def _finish_rows(rows: list[dict[str, Any]]) -> None:
+    """Add path, label and the ratio of mean force LEE to the parent's (or own) FP32 floor."""
+    floors = {str(r["model"].path): r["lee"]["force_mean_mev_a"] for r in rows if r["model"].kind == "fp32"}
+    for row in rows:
+        loaded: LoadedModel = row.pop("model")
+        row.update(path=str(loaded.path), label=loaded.label, kind=loaded.kind)
+        floor = floors.get(row["path"]) if loaded.kind == "fp32" else floors.get(row.get("parent") or "")
+        row["floor_force_mean_mev_a"] = floor
+        row["ratio_to_floor"] = row["lee"]["force_mean_mev_a"] / floor if floor else None
+
+
+@app.command("lee-check")
+def lee_check(
+    models: ModelsArgument = None,
+    num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = 8,
+    rotations: Annotated[int, typer.Option("--rotations", min=1, help="Haar-random rotations per frame (seeded).")] = 4,
+    data: Annotated[str, typer.Option("--data", help="Frames: rmd17 (the model's molecule, test split), rmd17:<molecule>, or a file.")] = "rmd17",
+    fp32: Annotated[Optional[Path], typer.Option("--fp32", help="FP32 parent checkpoint for the floor row. Default: an FP32 argument or the embedded model whose SHA-256 matches the quantized file's source.")] = None,
+    localize: Annotated[bool, typer.Option("--localize", help="Also rank the modules that introduce the most equivariance error.")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Modules shown per model with --localize.")] = 5,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Exit with code 1 if any model's mean force LEE exceeds this (meV/A); for CI.")] = None,
+    rmd17_dir: Rmd17DirOption = None,
+    trust_pickle: TrustPickleOption = False,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Local equivariance error |F(Rx) - R F(x)|, |E(Rx) - E(x)| of models, beside the FP32 floor."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = [load_model(p, trust_pickle) for p in (models or [None])]
+    parents, notes = _find_parents(loaded, fp32, trust_pickle)
+    rows = _rows(loaded, parents)
+    _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes)
+    _finish_rows(rows)
+    exceeded = [r for r in rows if r["argument"] and threshold is not None
+                and not r["lee"]["force_mean_mev_a"] <= threshold]
+    if json_output:
+        print_json({"rows": rows, "notes": notes, "rotations": rotations, "seed": seed,
+                    "threshold_mev_a": threshold, "exceeded": [r["path"] for r in exceeded]})
+    else:
+        for note in notes:
+            console.print(f"[dim]{note}[/]", highlight=False)
+        _render(rows, top, localize)
+    if exceeded:
+        for r in exceeded:
+            console.print(f"[bold red]LEE above threshold:[/] {r['path']}: mean force LEE "
+                          f"{r['lee']['force_mean_mev_a']:.4g} meV/A > {threshold:g} meV/A", highlight=False)
+        raise typer.Exit(1)
+    if threshold is not None and not json_output:
+        console.print(f"all models within the threshold of {threshold:g} meV/A", highlight=False)

@@ -1,0 +1,181 @@
+"""NVE molecular dynamics (ASE velocity Verlet) to test energy conservation of a model.
+
+A quantized potential whose forces are not the gradient of its energy, or that is rough, shows
+up as a drift of the total energy E_total = E_pot + E_kin. Several models can be run from the
+same start (positions and seeded Maxwell-Boltzmann velocities) and compared.
+
+Units: energies eV (reported per atom in meV), time fs/ps, temperature K, lengths Angstrom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.verlet import VelocityVerlet
+
+from gaqtool.io.atomic import atomic_write
+
+__all__ = ["MDSettings", "MDResult", "initial_state", "blowup_reason", "energy_drift", "run_nve",
+           "write_trajectory"]
+
+
+@dataclass(frozen=True)
+class MDSettings:
+    """NVE run settings.
+
+    temperature_k: Maxwell-Boltzmann start temperature (K); timestep_fs: velocity-Verlet step;
+    log_every: steps between stored snapshots / series points; blowup_distance: Angstrom from
+    the centroid; blowup_temperature_factor: stop when T > factor * max(T_start, temperature_k).
+    """
+
+    temperature_k: float = 300.0
+    timestep_fs: float = 0.5
+    steps: int = 2000
+    log_every: int = 10
+    seed: int = 0
+    blowup_distance: float = 10.0
+    blowup_temperature_factor: float = 10.0
+
+
+@dataclass
+class MDResult:
+    """One trajectory. Arrays have one entry per step run (step 0 included).
+
+    time_ps, potential_energy/kinetic_energy/total_energy (eV), temperature (K): (S + 1,) float64.
+    snapshots: Atoms every ``log_every`` steps (and the last one) with energy and forces attached.
+    """
+
+    num_atoms: int
+    settings: MDSettings
+    time_ps: np.ndarray
+    potential_energy: np.ndarray
+    kinetic_energy: np.ndarray
+    temperature: np.ndarray
+    blowup: str | None = None
+    snapshots: list[Atoms] = field(default_factory=list)
+
+    @property
+    def total_energy(self) -> np.ndarray:
+        return self.potential_energy + self.kinetic_energy
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.time_ps) - 1
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready numbers: drift (meV/atom/ps), max |E_total - E_total(0)| (meV/atom), ..."""
+        finite = np.isfinite(self.total_energy)
+        deviation = np.abs(self.total_energy[finite] - self.total_energy[0]) * 1000.0 / self.num_atoms
+        return {
+            "steps_requested": self.settings.steps, "steps_done": self.steps_done,
+            "simulated_ps": float(self.time_ps[-1]),
+            "drift_mev_atom_ps": energy_drift(self.time_ps[finite], self.total_energy[finite], self.num_atoms),
+            "max_abs_energy_deviation_mev_atom": float(deviation.max()) if deviation.size else None,
+            "temperature_start_k": float(self.temperature[0]),
+            "temperature_mean_k": float(np.nanmean(self.temperature)),
+            "temperature_final_k": float(self.temperature[-1]),
+            "blew_up": self.blowup is not None, "blowup_reason": self.blowup,
+        }
+
+    def series(self) -> dict[str, list[float]]:
+        """Every ``log_every``-th point: time_ps, total/potential energy (eV), temperature (K)."""
+        idx = list(range(0, len(self.time_ps), self.settings.log_every))
+        if idx[-1] != len(self.time_ps) - 1:
+            idx.append(len(self.time_ps) - 1)
+        return {"time_ps": self.time_ps[idx].tolist(), "total_energy_ev": self.total_energy[idx].tolist(),
+                "potential_energy_ev": self.potential_energy[idx].tolist(),
+                "temperature_k": self.temperature[idx].tolist()}
+
+
+def initial_state(numbers: np.ndarray, positions: np.ndarray, temperature_k: float, seed: int) -> Atoms:
+    """Atoms (N,) / (N, 3) Angstrom with seeded Maxwell-Boltzmann velocities at ``temperature_k``,
+    zero total momentum and zero angular momentum (temperature preserved)."""
+    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    return atoms
+
+
+def blowup_reason(atoms: Atoms, energy: float, forces: np.ndarray, max_distance: float,
+                  max_temperature: float | None) -> str | None:
+    """Why the trajectory is considered blown up, or None (NaN, atom escaped, too hot)."""
+    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
+        return "NaN/inf energy or forces"
+    positions = atoms.positions
+    if not np.all(np.isfinite(positions)):
+        return "NaN/inf positions"
+    distance = np.linalg.norm(positions - positions.mean(0), axis=1).max()
+    if distance > max_distance:
+        return f"an atom is {distance:.1f} A from the centroid (> {max_distance:g} A)"
+    temperature = atoms.get_temperature()
+    if max_temperature is not None and temperature > max_temperature:
+        return f"temperature {temperature:.0f} K > {max_temperature:.0f} K"
+    return None
+
+
+def energy_drift(time_ps: np.ndarray, total_energy: np.ndarray, num_atoms: int) -> float | None:
+    """Slope of a least-squares line through E_total(t): meV/atom/ps (None for < 2 points)."""
+    if len(time_ps) < 2:
+        return None
+    slope_ev_ps = np.polyfit(np.asarray(time_ps, dtype=np.float64),
+                             np.asarray(total_energy, dtype=np.float64) - total_energy[0], 1)[0]
+    return float(slope_ev_ps * 1000.0 / num_atoms)
+
+
+def _snapshot(atoms: Atoms, energy: float, forces: np.ndarray) -> Atoms:
+    copy = atoms.copy()
+    copy.calc = SinglePointCalculator(copy, energy=energy, free_energy=energy, forces=forces.copy())
+    return copy
+
+
+def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
+            on_step: Callable[[int], None] | None = None) -> MDResult:
+    """Velocity-Verlet NVE from ``start`` (positions and velocities are copied, not modified).
+
+    Stops early when :func:`blowup_reason` fires. ``on_step(1)`` after every step.
+    """
+    atoms = start.copy()
+    atoms.calc = calculator
+    dyn = VelocityVerlet(atoms, timestep=settings.timestep_fs * units.fs, logfile=None)
+    series: dict[str, list[float]] = {"t": [], "pot": [], "kin": [], "temp": []}
+    snapshots: list[Atoms] = []
+    max_temperature = settings.blowup_temperature_factor * max(settings.temperature_k, atoms.get_temperature())
+    reason = None
+    for step in range(settings.steps + 1):
+        if step:
+            dyn.run(1)
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        series["t"].append(step * settings.timestep_fs / 1000.0)
+        series["pot"].append(energy)
+        series["kin"].append(atoms.get_kinetic_energy())
+        series["temp"].append(atoms.get_temperature())
+        reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None)
+        if step % settings.log_every == 0 or step == settings.steps or reason:
+            snapshots.append(_snapshot(atoms, energy, forces))
+        if reason:
+            reason = f"step {step}: {reason}"
+            break
+        if on_step and step:
+            on_step(1)
+    return MDResult(len(atoms), settings, np.array(series["t"]), np.array(series["pot"]),
+                    np.array(series["kin"]), np.array(series["temp"]), reason, snapshots)
+
+
+def write_trajectory(path: Path | str, snapshots: list[Atoms]) -> Path:
+    """Write ``snapshots`` (with their energies/forces) as an ASE .traj file, atomically."""
+    from ase.io.trajectory import Trajectory
+
+    def write(tmp: Path) -> None:
+        with Trajectory(str(tmp), "w") as trajectory:
+            for atoms in snapshots:
+                trajectory.write(atoms)
+
+    return atomic_write(path, write)

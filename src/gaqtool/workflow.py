@@ -1,0 +1,90 @@
+"""The quantization workflow shared by ``gaqtool quantize``, QAT and the benchmarks:
+load -> quantize_model -> calibrate -> evaluate (accuracy, LEE, size) -> save."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gaqtool.config import QuantConfig
+from gaqtool.data.frames import Frames
+from gaqtool.data.graph import iterate_batches
+from gaqtool.io.loading import LoadedModel, file_sha256
+from gaqtool.io.safetensors_io import file_tensors, save_quantized
+from gaqtool.metrics.accuracy import accuracy_metrics, predict
+from gaqtool.metrics.equivariance import local_equivariance_error
+from gaqtool.quant.apply import QuantPlan, calibrate, quantize_model
+
+__all__ = ["QuantizationInputs", "quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
+
+FORCE_MODE_NOTE = {
+    "ste": "forces = -dE/dx by autograd with every activation rounding treated as identity in the "
+           "backward pass (straight-through); weights are constants, so weight-only models have "
+           "exactly conservative forces, activation-quantized ones approximately",
+}
+
+
+@dataclass
+class QuantizationInputs:
+    """Frames used by the workflow and a note on where they came from."""
+
+    calibration: Frames
+    calibration_note: str
+    evaluation: Frames
+    evaluation_note: str
+
+
+def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Frames,
+                    on_progress: Callable[[int], None] | None = None) -> tuple[torch.nn.Module, QuantPlan]:
+    """A quantized, calibrated deep copy of ``fp32`` (the original is left untouched)."""
+    torch.manual_seed(config.seed)
+    model, plan = quantize_model(copy.deepcopy(fp32).eval(), config)
+    frames = calibration.subset(range(min(config.calib_frames, len(calibration))))
+    calibrate(model, iterate_batches(frames, 8, model.cutoff), lambda m, b: m(b),
+              (lambda b: on_progress(b.num_molecules)) if on_progress else None)
+    return model, plan
+
+
+def evaluate_pair(fp32: torch.nn.Module, quantized: torch.nn.Module, frames: Frames,
+                  lee_frames: int, lee_rotations: int, seed: int,
+                  on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Accuracy and LEE of the FP32 parent and the quantized model on the same frames."""
+    out: dict[str, Any] = {"accuracy": {}, "lee": {}}
+    lee_set = frames.subset(range(min(lee_frames, len(frames))))
+    for name, model in (("fp32", fp32), ("quantized", quantized)):
+        out["accuracy"][name] = accuracy_metrics(
+            predict(model, frames, on_batch=on_progress), frames)
+        out["lee"][name] = local_equivariance_error(model, lee_set, lee_rotations, seed)
+        if on_progress:
+            on_progress(0)
+    return out
+
+
+def size_summary(loaded: LoadedModel, quantized: torch.nn.Module) -> dict[str, Any]:
+    """Bytes of the FP32 checkpoint and of the quantized tensors, with their ratio."""
+    fp32_bytes = loaded.path.stat().st_size
+    fp32_params = sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
+    tensor_bytes = sum(t.numel() * t.element_size() for t in file_tensors(quantized).values())
+    return {"fp32_checkpoint_bytes": fp32_bytes, "fp32_tensor_bytes": fp32_params,
+            "quantized_tensor_bytes": tensor_bytes,
+            "tensor_ratio": fp32_params / max(1, tensor_bytes)}
+
+
+def write_quantized(output: Path, loaded: LoadedModel, quantized: torch.nn.Module, plan: QuantPlan,
+                    config: QuantConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """Save atomically; return the report completed with file sizes."""
+    started = time.perf_counter()
+    save_quantized(output, quantized, config, plan, file_sha256(loaded.path), report)
+    report = dict(report)
+    size = dict(report.get("size", {}))
+    size["quantized_file_bytes"] = output.stat().st_size
+    size["file_ratio"] = size["fp32_checkpoint_bytes"] / max(1, size["quantized_file_bytes"])
+    report["size"] = size
+    report["output"] = str(output)
+    report.setdefault("seconds", {})["write"] = time.perf_counter() - started
+    return report

@@ -1,0 +1,140 @@
+"""quantize_model / calibrate: module swapping, MDDQ calibration invariance, equivariance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from e3nn import nn as enn
+from e3nn import o3
+from e3nn.util.test import assert_equivariant
+
+from gaqtool.config import QuantConfig
+from gaqtool.data.graph import iterate_batches
+from gaqtool.metrics.equivariance import haar_rotations, local_equivariance_error, rotate_frames
+from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.apply import activation_quantizers, calibrate, quantize_model
+from gaqtool.quant.modules import QuantizedModule
+from gaqtool.workflow import quantize_loaded
+from tests.conftest import make_tiny_model
+
+
+def _calibrated_scales(frames, rotation=None):
+    frames = rotate_frames(frames, rotation) if rotation is not None else frames
+    model, _ = quantize_loaded(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=6), frames)
+    return {k: v.clone() for k, v in model.state_dict().items() if ".input_quantizers." in k}
+
+
+def test_mddq_calibration_unchanged_when_calibration_molecules_are_rotated(train_frames):
+    frames = train_frames.subset(range(6))
+    plain = _calibrated_scales(frames)
+    rotated = _calibrated_scales(frames, haar_rotations(1, seed=3)[0])
+    assert any(k.endswith("norm_scale") for k in plain)
+    for key, value in plain.items():
+        assert torch.allclose(value.float(), rotated[key].float(), rtol=2e-5, atol=1e-7), key
+
+
+def test_naive_calibration_changes_when_molecules_are_rotated(train_frames):
+    frames = train_frames.subset(range(6))
+    config = QuantConfig.from_preset("w4a8", method="naive", calib_frames=6)
+    a, _ = quantize_loaded(make_tiny_model(), config, frames)
+    b, _ = quantize_loaded(make_tiny_model(), config, rotate_frames(frames, haar_rotations(1, 3)[0]))
+    diffs = [float((x - y).abs().max()) for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items())
+             if k.endswith("tensor_scale")]
+    assert max(diffs) > 1e-4  # component min-max depends on orientation
+
+
+def test_every_parameterised_module_is_quantized_or_listed(tiny_model):
+    model, plan = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset("w4a8", keep_fp32=("readout_*",)))
+    kinds = {e["kind"] for e in plan.entries.values() if e["status"] == "quantized"}
+    assert {"o3.Linear", "nn.Linear", "nn.Embedding", "ChannelwiseConvolution"} <= kinds
+    assert plan.entries["readout_out"]["status"] == "fp32"
+    assert "--keep-fp32 'readout_*'" in plan.entries["readout_out"]["reason"]
+    assert "log_temperature" in plan.entries["layers.0"]["reason"]
+    assert not isinstance(model.readout_out, QuantizedModule)
+    assert isinstance(model.layers[0].pre_linear, QuantizedModule)
+    for key, reason in plan.unquantized_parameters.items():
+        assert reason, key
+    assert plan.unquantized_parameters["readout_out.weight"].startswith("kept FP32")
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_weight_quantization_error_shrinks_with_bits(tiny_model, bits):
+    model, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset(f"w{bits}"))
+    original = tiny_model.layers[0].radial.out.weight
+    quantized = model.layers[0].radial.out.inner.weight
+    step = original.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+    assert bool(((quantized - original).abs() <= step / 2 + 1e-7).all())
+    assert len(torch.unique(model.layers[0].radial.out.weight_int[0])) <= 2 ** bits - 1
+
+
+def _e3nn_toy():
+    torch.manual_seed(0)
+    irreps_in, irreps_out = o3.Irreps("4x0e+4x1o+2x2e"), o3.Irreps("3x0e+3x1o+2x2e")
+    return torch.nn.ModuleDict({
+        "lin": o3.Linear(irreps_in, irreps_out),
+        "tp": o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps("1x0e+1x1o"), irreps_out),
+        "fc": enn.FullyConnectedNet([4, 16, 8], torch.nn.functional.silu),
+    }), irreps_in
+
+
+def test_weight_only_e3nn_modules_stay_exactly_equivariant():
+    toy, irreps_in = _e3nn_toy()
+    model, plan = quantize_model(toy, QuantConfig.from_preset("w4"))
+    assert {plan.entries[p]["kind"] for p in ("lin", "tp", "fc.layer0")} == {
+        "o3.Linear", "o3.TensorProduct", "e3nn.FullyConnectedNet.layer"}
+    assert_equivariant(model["lin"], irreps_in=[irreps_in], irreps_out=[model["lin"].irreps_out])
+    assert_equivariant(model["tp"], irreps_in=[irreps_in, o3.Irreps("1x0e+1x1o")], irreps_out=[model["tp"].irreps_out])
+    original = _e3nn_toy()[0]["lin"].weight.detach()
+    difference = (model["lin"].inner.weight - original).abs()
+    assert 0 < float(difference.max()) < 0.1 * float(original.abs().max())  # rounded, not replaced
+    assert model["lin"].weight_int.shape == original.shape
+
+
+def _calibrated_linear(method):
+    irreps = o3.Irreps("8x0e+8x1o+4x2e")
+    torch.manual_seed(0)
+    linear = o3.Linear(irreps, irreps)
+    wrapped = QuantizedModule(linear, "o3.Linear", [irreps], ["weight"], QuantConfig.from_preset("w8a8", method=method))
+    calibrate(wrapped, [irreps.randn(64, -1) * torch.linspace(0.1, 3, irreps.dim)], lambda m, x: m(x))
+    return wrapped, irreps
+
+
+def test_naive_activation_quantization_visibly_breaks_equivariance_mddq_does_not():
+    errors = {}
+    for method in ("naive", "gaq"):
+        wrapped, irreps = _calibrated_linear(method)
+        x = irreps.randn(256, -1)
+        worst = 0.0
+        for rotation in haar_rotations(4, seed=1):
+            d = irreps.D_from_matrix(torch.tensor(rotation, dtype=torch.float32))
+            worst = max(worst, float((wrapped(x @ d.T) - wrapped(x) @ d.T).abs().max()))
+        errors[method] = worst
+    with pytest.raises(AssertionError):
+        wrapped, irreps = _calibrated_linear("naive")
+        assert_equivariant(wrapped, irreps_in=[irreps], irreps_out=[irreps])
+    assert errors["naive"] > 5 * errors["gaq"], errors
+
+
+def test_lee_of_quantized_potentials(train_frames, test_frames):
+    fp32 = make_tiny_model()
+    frames = test_frames.subset(range(4))
+    lee = {"fp32": local_equivariance_error(fp32, frames, 3, seed=0)["force_mean_mev_a"]}
+    for method in ("weight-only", "naive", "gaq"):
+        config = QuantConfig.from_preset("w4a8", method=method, calib_frames=8)
+        model, _ = quantize_loaded(fp32, config, train_frames)
+        lee[method] = local_equivariance_error(model, frames, 3, seed=0)["force_mean_mev_a"]
+    assert lee["weight-only"] < 3 * lee["fp32"] + 1e-3
+    assert lee["naive"] > 5 * lee["gaq"], lee
+    assert lee["gaq"] > lee["fp32"]
+
+
+def test_quantizer_modes_and_calibration_count(tiny_model, train_frames):
+    model, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset("w4a8"))
+    quantizers = activation_quantizers(model)
+    assert quantizers and all(q.mode == "off" for q in quantizers)
+    count = calibrate(model, iterate_batches(train_frames.subset(range(4)), 2, 5.0), lambda m, b: m(b))
+    assert count == len(quantizers) and all(q.mode == "quantize" for q in quantizers)
+    weight_only, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset("w4"))
+    assert not any(isinstance(m, ActivationQuantizer) for m in weight_only.modules())
