@@ -56,3 +56,30 @@ def tiny_checkpoint(tmp_path):
     path = tmp_path / "tiny.pt"
     save_checkpoint(path, make_tiny_model(), training={"note": "test fixture"})
     return path
+
+
+class CliResult:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.exit_code, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``gaqtool ARGS`` through the real entry point (error boundary included)."""
+    from gaqtool.cli.app import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr("sys.argv", ["gaqtool", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

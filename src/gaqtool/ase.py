@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from gaqtool.data.graph import Batch, radius_graph
 from gaqtool.errors import InputError
-from gaqtool.io.loading import load_model
+from gaqtool.io.loading import LoadedModel, load_model
 from gaqtool.models.potential import energy_and_forces
 
 __all__ = ["GAQCalculator", "atoms_to_batch"]
@@ -37,37 +37,39 @@ def atoms_to_batch(numbers: np.ndarray, positions: np.ndarray, cutoff: float,
 class GAQCalculator(Calculator):
     """Energy (eV) and forces (eV/A, -dE/dx by autograd) from a gaqtool model.
 
-    path_or_model: a model file (.pt FP32 checkpoint or quantized .safetensors), an already
-                   loaded model (``nn.Module`` with ``cutoff`` and ``config``), or None for
-                   the embedded aspirin model.
+    path_or_model: a model file (.pt FP32 checkpoint or quantized .safetensors), a
+                   ``LoadedModel``, a model (``nn.Module`` with ``cutoff`` and ``config``), or
+                   None for the embedded aspirin model.
     free_energy is reported equal to energy (no electronic temperature).
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
-    def __init__(self, path_or_model: str | Path | torch.nn.Module | None = None, device: str = "cpu",
-                 trust_pickle: bool = False, **kwargs):
+    def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
+                 device: str = "cpu", trust_pickle: bool = False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model
-            self.label_text = type(path_or_model).__name__
+            self.model_name = type(path_or_model).__name__
         else:
-            loaded = load_model(path_or_model, trust_pickle)
+            loaded = (path_or_model if isinstance(path_or_model, LoadedModel)
+                      else load_model(path_or_model, trust_pickle))
             self.model = loaded.model
-            self.label_text = f"{loaded.path.name} ({loaded.label})"
+            self.model_name = f"{loaded.path.name} ({loaded.label})"
         self.device = torch.device(device)
         self.model = self.model.to(self.device).eval()
         self.cutoff = float(self.model.cutoff)
         self.species = [int(z) for z in self.model.config["species"]]
 
-    def _check_atoms(self, atoms) -> None:
+    def check_atoms(self, atoms) -> None:
+        """Raise InputError for elements outside the model's species or periodic systems."""
         unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.species))
         if unknown:
             from ase.data import chemical_symbols
 
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
             allowed = ", ".join(chemical_symbols[z] for z in self.species)
-            raise InputError(f"{self.label_text} cannot handle element(s) {names}",
+            raise InputError(f"{self.model_name} cannot handle element(s) {names}",
                              hint=f"the model was trained on {allowed} only")
         if np.any(atoms.pbc):
             raise InputError("periodic boundary conditions are not supported by GAQCalculator",
@@ -75,7 +77,7 @@ class GAQCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        self._check_atoms(self.atoms)
+        self.check_atoms(self.atoms)
         batch = atoms_to_batch(self.atoms.numbers, self.atoms.positions, self.cutoff, self.device)
         energies, forces = energy_and_forces(self.model, batch)
         energy = float(energies.detach()[0].cpu())

@@ -7,6 +7,7 @@ Layout (format 1): ``{"gaqtool_checkpoint": 1, "model_config": dict, "state_dict
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,11 @@ def read_checkpoint(path: Path | str, trust_pickle: bool = False) -> dict[str, A
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", hint="check the path")
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        raise ModelLoadError(f"cannot read {path}: not a PyTorch checkpoint",
+                             hint="pass a .pt file written by `gaqtool train`, or a quantized .safetensors file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:

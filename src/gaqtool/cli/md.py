@@ -1,0 +1,131 @@
+"""`gaqtool md`: NVE energy conservation of one or more models from the same start; no math here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from gaqtool.cli.app import app
+from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.data.spec import resolve_data
+from gaqtool.errors import DataError, InputError
+from gaqtool.io.loading import LoadedModel, load_model
+from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
+
+ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
+    help="Model files (.pt FP32 or quantized .safetensors), run from the same start. Default: the embedded model.",
+    show_default=False)]
+
+
+def _start_structure(structure: Optional[Path], data: str, frame: int, rmd17_dir, molecule: str | None
+                     ) -> tuple[np.ndarray, np.ndarray, str]:
+    """(numbers (N,), positions (N, 3) A, description) of the starting geometry."""
+    if structure is not None:
+        import ase.io
+
+        if not structure.is_file():
+            raise DataError(f"structure file not found: {structure}", hint="check the path")
+        try:
+            atoms = ase.io.read(str(structure), index=frame)
+        except IndexError:
+            raise InputError(f"--frame {frame} is out of range for {structure}") from None
+        except Exception as exc:  # ase raises many types for unreadable files
+            raise DataError(f"cannot read {structure} with ASE: {exc}",
+                            hint="use an xyz/extxyz/traj/... file ASE can read") from None
+        return np.asarray(atoms.numbers), np.asarray(atoms.positions), f"{structure} frame {frame}"
+    selection = resolve_data(data, "test", rmd17_dir, molecule)
+    if not 0 <= frame < len(selection.frames):
+        raise InputError(f"--frame {frame} is out of range: {data} has {len(selection.frames)} frames",
+                         hint=f"choose 0..{len(selection.frames) - 1}")
+    return (selection.frames.numbers[frame], selection.frames.positions[frame],
+            f"{selection.note}; frame {frame}")
+
+
+def _trajectory_paths(trajectory: Optional[Path], count: int) -> list[Optional[Path]]:
+    """out.traj for one model; out_1.traj, out_2.traj, ... (argument order) for several."""
+    if trajectory is None:
+        return [None] * count
+    if count == 1:
+        return [trajectory]
+    return [trajectory.with_name(f"{trajectory.stem}_{k}{trajectory.suffix}") for k in range(1, count + 1)]
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _render(runs: list[dict[str, Any]], settings: MDSettings) -> None:
+    table = Table(title=f"NVE velocity Verlet: dt {settings.timestep_fs:g} fs, {settings.steps} steps, "
+                        f"start {settings.temperature_k:g} K (seed {settings.seed})")
+    table.add_column("")
+    for k, run in enumerate(runs, 1):
+        table.add_column(f"[{k}] {Path(run['path']).name}", justify="right", overflow="fold")
+    rows = (("model", lambda s, r: r["label"]),
+            ("steps run", lambda s, r: f"{s['steps_done']}/{s['steps_requested']}"),
+            ("drift (meV/atom/ps)", lambda s, r: _fmt(s["drift_mev_atom_ps"])),
+            ("max |E - E0| (meV/atom)", lambda s, r: _fmt(s["max_abs_energy_deviation_mev_atom"])),
+            ("T mean / final (K)", lambda s, r: f"{s['temperature_mean_k']:.0f} / {s['temperature_final_k']:.0f}"),
+            ("status", lambda s, r: f"[red]blew up[/] ({s['blowup_reason']})" if s["blew_up"] else "[green]ok[/]"))
+    for name, cell in rows:
+        table.add_row(name, *[cell(run["summary"], run) for run in runs])
+    console.print(table)
+    console.print("[dim]drift: slope of a linear fit of E_total(t); E_total = E_pot + E_kin[/]",
+                  highlight=False)
+
+
+@app.command("md")
+def md(
+    models: ModelsArgument = None,
+    data: Annotated[str, typer.Option("--data", help="Start from a frame of: rmd17 (the model's molecule, test split), rmd17:<molecule>, or a file.")] = "rmd17",
+    frame: Annotated[int, typer.Option("--frame", min=0, help="Index of the starting frame in --data (or in --structure).")] = 0,
+    structure: Annotated[Optional[Path], typer.Option("--structure", help="Start from this structure file (any format ASE reads) instead of --data.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Maxwell-Boltzmann start temperature in K.")] = 300.0,
+    timestep: Annotated[float, typer.Option("--dt", min=0.01, max=10.0, help="Time step in fs.")] = 0.5,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Velocity-Verlet steps.")] = 2000,
+    log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between trajectory frames / JSON series points.")] = 10,
+    blowup_distance: Annotated[float, typer.Option("--blowup-distance", min=0.1, help="Stop when an atom is farther than this from the centroid (Angstrom).")] = 10.0,
+    trajectory: Annotated[Optional[Path], typer.Option("--trajectory", help="Write an ASE .traj (several models: NAME_1.traj, NAME_2.traj, ... in argument order).")] = None,
+    rmd17_dir: Rmd17DirOption = None,
+    trust_pickle: TrustPickleOption = False,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """NVE molecular dynamics: total-energy drift and blow-ups, several models side by side."""
+    import torch
+
+    from gaqtool.ase import GAQCalculator
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded: list[LoadedModel] = [load_model(p, trust_pickle) for p in (models or [None])]
+    numbers, positions, origin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
+    settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
+                          log_every=log_every, seed=seed, blowup_distance=blowup_distance)
+    start = initial_state(numbers, positions, temperature, seed)
+    calculators = [GAQCalculator(m) for m in loaded]
+    for calc in calculators:
+        calc.check_atoms(start)  # unknown elements fail before any dynamics
+    if not json_output:
+        console.print(f"[dim]start: {origin}[/]", highlight=False)
+    runs = []
+    with progress(json_output) as bar:
+        for k, (m, calc, traj) in enumerate(zip(loaded, calculators, _trajectory_paths(trajectory, len(loaded))), 1):
+            task = bar.add_task(f"[{k}] {m.path.name}", total=steps, info=m.label)
+            result = run_nve(start, calc, settings, lambda n: bar.update(task, advance=n))
+            if traj is not None:
+                write_trajectory(traj, result.snapshots)
+            runs.append({"path": str(m.path), "label": m.label, "kind": m.kind, "summary": result.summary(),
+                         "series": result.series(), "trajectory": str(traj) if traj else None})
+    if json_output:
+        print_json({"start": origin, "num_atoms": len(numbers), "settings": settings.__dict__, "runs": runs})
+        return
+    _render(runs, settings)
+    for run in runs:
+        if run["trajectory"]:
+            console.print(f"wrote {run['trajectory']}", highlight=False)
