@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from gaqtool import distributed
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
@@ -86,17 +87,24 @@ def _lr_factor(step: int, total: int, options: TrainOptions) -> float:
 
 def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: TrainOptions,
                 on_step: Callable[[dict], None] | None = None,
-                loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None
+                loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,
+                on_epoch_start: Callable[[int, list[torch.nn.Module]], None] | None = None,
                 ) -> TrainResult:
     """Train ``model`` in place; return the EMA weights with the best validation force MAE.
 
     ``on_step(info)`` is called after every step and every epoch (info['kind'] says which).
     ``loss_fn(model, batch)`` replaces the default energy + force loss (QAT adds terms).
+    ``on_epoch_start(epoch, [model, ema_model])`` runs before each epoch (QAT schedules).
+    Under ``torchrun`` every process trains on its shard of each epoch and gradients are
+    averaged, so all processes hold the same parameters.
     """
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
+    distributed.broadcast_state(model)
+    shards = distributed.world_size()
+    per_rank = len(train) // shards
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate, amsgrad=True)
-    steps_per_epoch = math.ceil(len(train) / options.batch_size)
+    steps_per_epoch = math.ceil(per_rank / options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _lr_factor(s, total_steps, options))
@@ -111,16 +119,21 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), -1, []
     start = time.perf_counter()
     for epoch in range(options.epochs):
+        if on_epoch_start:
+            on_epoch_start(epoch, [model, ema.module])
         model.train()
         losses = []
-        for batch in iterate_batches(train, options.batch_size, model.cutoff, shuffle=True, generator=rng):
+        order = rng.permutation(len(train))  # the same on every process (same seed)
+        shard = train.subset(order[distributed.rank() * per_rank:(distributed.rank() + 1) * per_rank])
+        for batch in iterate_batches(shard, options.batch_size, model.cutoff):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
             loss.backward()
+            distributed.average_gradients(model)
             optimizer.step()
             scheduler.step()
             ema.update_parameters(model)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if on_step:
                 on_step({"kind": "step", "epoch": epoch, "loss": losses[-1],
                          "lr": scheduler.get_last_lr()[0]})

@@ -12,11 +12,13 @@ import typer
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write
 from gaqtool.io.loading import load_model
+from gaqtool.qat import QATOptions, run_qat
 from gaqtool.report import render_quantize_report
 from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
 
@@ -31,6 +33,30 @@ def build_config(bits, method, group_size, observer, percentile, direction_mode,
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
         calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed)
+
+
+def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions):
+    """Run QAT from the PTQ starting point; returns (converted model, summary for the report)."""
+    distributed.init_from_env()
+    train = resolve_data(data or "rmd17", "train", rmd17_dir, molecule)
+    val = resolve_data(data or "rmd17", "val", rmd17_dir, molecule)
+    steps = options.epochs * -(-(len(train.frames) // distributed.world_size()) // options.batch_size)
+    task = bar.add_task("QAT", total=steps, info="")
+    last = {"text": ""}
+
+    def on_step(info):
+        if info["kind"] == "step":
+            bar.update(task, advance=1, info=f"loss {info['loss']:.2e} {last['text']}")
+        else:
+            last["text"] = (f"| val E {info['val_energy_mae_mev']:.1f} meV F {info['val_force_mae_mev_a']:.1f} meV/A")
+            if not bar.live.is_started and distributed.is_main():
+                console.print(f"QAT epoch {info['epoch']}: {last['text']}", highlight=False)
+
+    result = run_qat(loaded.model, config, train.frames, val.frames, calib.frames, options, on_step)
+    summary = {"options": options.__dict__, "train_data": train.note, "best_epoch": result.best_epoch,
+               "best_val": result.best_val, "seconds": result.seconds, "processes": distributed.world_size(),
+               "history": result.history}
+    return result.model, summary
 
 
 @app.command()
@@ -53,6 +79,13 @@ def quantize(
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
     keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'.")] = None,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="How forces of activation-quantized models are computed (ste: straight-through autograd).")] = ForceMode.STE,
+    qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
+    data: Annotated[Optional[str], typer.Option("--data", help="QAT training data: rmd17:<molecule> (950 train / 50 val of split 01) or a file. Default: the model's molecule.")] = None,
+    vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 2,
+    lee_weight: Annotated[float, typer.Option("--lee-weight", min=0.0, help="Weight of the QAT equivariance penalty |F(Rx) - R F(x)|^2 with a random rotation per step (0: off).")] = 0.0,
+    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 2e-4,
+    qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
+    tangent_projection: Annotated[bool, typer.Option("--tangent-projection/--no-tangent-projection", help="QAT: straight-through on the unit direction, so direction gradients are projected onto the sphere's tangent space.")] = True,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
     rmd17_dir: Rmd17DirOption = None,
@@ -61,7 +94,11 @@ def quantize(
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report."""
+    """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report.
+
+    With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
+    vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
+    """
     import torch
 
     if threads:
@@ -80,10 +117,18 @@ def quantize(
     eval_set = evaluation.frames.subset(range(min(eval_frames, len(evaluation.frames))))
     if not json_output:
         console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
+    qat_summary = None
     with progress(json_output) as bar:
         task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")
         quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
                                           lambda n: bar.update(task, advance=n))
+        if qat_epochs:
+            quantized, qat_summary = _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar,
+                                                QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
+                                                           lee_weight=lee_weight, tangent_projection=tangent_projection,
+                                                           learning_rate=qat_lr, batch_size=qat_batch_size, seed=seed))
+            if not distributed.is_main():
+                return
         t_quant = time.perf_counter() - started
         task = bar.add_task("evaluating", total=2 * len(eval_set), info="FP32 and quantized")
         metrics = evaluate_pair(loaded.model, quantized, eval_set, lee_frames, lee_rotations, seed,
@@ -100,6 +145,8 @@ def quantize(
         "force_mode": f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}",
         "seconds": {"quantize_calibrate": t_quant},
     }
+    if qat_summary:
+        report["qat"] = qat_summary
     report = write_quantized(output, loaded, quantized, plan, config, report)
     report["seconds"]["total"] = time.perf_counter() - started
     if report_path:

@@ -15,10 +15,11 @@ from torch import nn
 
 from gaqtool.config import DirectionMode, Method, QuantConfig
 from gaqtool.irreps import block_norms, merge_blocks, split_blocks
-from gaqtool.quant.direction import fibonacci_sphere
+from gaqtool.quant.direction import (fibonacci_sphere, quantize_direction_codebook,
+                                      quantize_direction_component, quantize_direction_fp16)
 from gaqtool.quant.mddq import mddq_fake_quantize, norm_scale_from_max
 from gaqtool.quant.observers import make_observer
-from gaqtool.quant.primitives import choose_qparams, fake_quantize
+from gaqtool.quant.primitives import choose_qparams, fake_quantize, fake_quantize_lsq
 
 __all__ = ["ActivationQuantizer"]
 
@@ -42,6 +43,9 @@ class ActivationQuantizer(nn.Module):
         self.direction_mode = config.direction_mode.value
         self.direction_bits = config.direction_bits
         self.mode = "off"
+        self.quantize_vectors = True  # QAT warm-up switches l>0 quantization off for a while
+        self.learnable = False        # QAT: LSQ gradients reach scalar_scale / norm_scale
+        self.tangent_projection = True
         num_scalars = sum(mul for mul, ir in self.irreps if ir.l == 0)
         num_vectors = sum(mul for mul, ir in self.irreps if ir.l > 0)
         if self.method == Method.NAIVE:
@@ -107,9 +111,17 @@ class ActivationQuantizer(nn.Module):
         for (mul, ir), block in zip(self.irreps, blocks):
             if ir.l == 0:
                 sl = slice(scalar_offset, scalar_offset + mul)
-                out.append(fake_quantize(block[..., 0], self.scalar_scale[sl], self.scalar_zero_point[sl],
-                                         self.num_bits, symmetric=False).unsqueeze(-1))
+                quantizer = fake_quantize_lsq if self.learnable else fake_quantize
+                out.append(quantizer(block[..., 0], self.scalar_scale[sl], self.scalar_zero_point[sl],
+                                     self.num_bits, symmetric=False).unsqueeze(-1))
                 scalar_offset += mul
+            elif not self.quantize_vectors:
+                out.append(block)
+                vector_offset += mul
+            elif self.learnable:
+                sl = slice(vector_offset, vector_offset + mul)
+                out.append(self._mddq_learnable(block, ir.l, sl))
+                vector_offset += mul
             else:
                 sl = slice(vector_offset, vector_offset + mul)
                 mode = self.direction_mode
@@ -120,6 +132,31 @@ class ActivationQuantizer(nn.Module):
                                               codebook=self.codebook if mode == "codebook" else None))
                 vector_offset += mul
         return merge_blocks(out, self.irreps)
+
+    def _mddq_learnable(self, block: torch.Tensor, l: int, sl: slice) -> torch.Tensor:
+        """MDDQ for QAT: LSQ on the norm (its step size learns), straight-through direction.
+
+        With ``tangent_projection`` the straight-through estimator acts on the unit direction
+        u = v/|v|, so the gradient reaching v is projected onto the sphere's tangent space by
+        the normalisation; without it, the block passes gradients as the identity.
+        """
+        # smooth norm: finite first and second derivatives at v = 0 (l>0 features start at zero)
+        norm = torch.sqrt((block * block).sum(-1, keepdim=True) + 1e-12)
+        zero = torch.zeros((), dtype=torch.int32)
+        norm_q = fake_quantize_lsq(norm, self.norm_scale[sl].unsqueeze(-1), zero, self.num_bits,
+                                   symmetric=False)
+        unit = block / norm.clamp_min(1e-12)
+        with torch.no_grad():
+            if self.direction_mode == "codebook" and l == 1:
+                unit_q = quantize_direction_codebook(unit, self.codebook)
+            elif self.direction_mode == "fp16":
+                unit_q = quantize_direction_fp16(unit)
+            else:
+                unit_q = quantize_direction_component(unit, self.direction_bits)
+        if self.tangent_projection:
+            return norm_q * (unit + (unit_q - unit).detach())
+        straight = block + (unit_q * norm - block).detach()  # value u_q |v|, identity gradient
+        return straight * (norm_q / norm.detach().clamp_min(1e-12))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":

@@ -15,7 +15,7 @@ from torch import nn
 from gaqtool.quant.primitives import choose_qparams, dequantize, quantize
 
 __all__ = ["matrix_views", "quantize_parameter", "dequantize_parameter", "num_scales",
-           "expected_num_scales"]
+           "expected_num_scales", "scale_index_map"]
 
 
 def matrix_views(module: nn.Module, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -100,3 +100,19 @@ def expected_num_scales(module: nn.Module, name: str, group_size: int | None, pe
     weight = getattr(module, name)
     return sum(num_scales(tuple(v.shape), group_size, False) for v in matrix_views(module, name, weight.detach()))
 
+
+
+def scale_index_map(module: nn.Module, name: str, group_size: int | None, per_tensor: bool) -> torch.Tensor:
+    """int64 tensor shaped like ``module.<name>``: index of each element's scale in the flat
+    scale vector of ``quantize_parameter`` (used to broadcast learned scales in QAT)."""
+    weight = getattr(module, name).detach()
+    index = torch.zeros(weight.shape, dtype=torch.int64)
+    if per_tensor:
+        return index
+    offset = 0
+    for view in matrix_views(module, name, index):
+        cols = view.shape[1]
+        for rows in _groups(view.shape[0], group_size):
+            view[rows] = torch.arange(offset, offset + cols)
+            offset += cols
+    return index

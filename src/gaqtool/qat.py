@@ -1,0 +1,147 @@
+"""Symmetry-aware quantization-aware fine-tuning (QAT) from the same ``QuantConfig`` as PTQ.
+
+prepare: PTQ model (weights quantized, activations calibrated) -> trainable float weights
+  (initialised from the FP32 parent) fake-quantized on every forward with learned step sizes
+  (LSQ), learnable activation scales (scalar grids and MDDQ norm grids).
+train:   energy + force loss (+ optional LEE penalty with random rotations); scalar features
+  are quantized from the start, l>0 features only after ``vector_warmup`` epochs.
+convert: integer weights from the trained floats and learned scales -> the same
+  ``QuantizedModule`` state as PTQ, written in the same packed file format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from gaqtool.config import QuantConfig
+from gaqtool.data.frames import Frames
+from gaqtool.data.graph import Batch
+from gaqtool.metrics.equivariance import haar_rotations
+from gaqtool.models.potential import energy_and_forces
+from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.modules import QuantizedModule
+from gaqtool.quant.primitives import fake_quantize_lsq, quantize
+from gaqtool.quant.weights import dequantize_parameter, scale_index_map
+from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
+from gaqtool.workflow import quantize_loaded
+
+__all__ = ["QATOptions", "prepare_qat", "convert_qat", "set_vector_quantization", "run_qat"]
+
+
+@dataclass(frozen=True)
+class QATOptions:
+    """QAT schedule. ``vector_warmup``: epochs with l>0 activations left unquantized."""
+
+    epochs: int = 10
+    vector_warmup: int = 2
+    lee_weight: float = 0.0
+    tangent_projection: bool = True
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    seed: int = 0
+
+
+def _weight_hook(module: QuantizedModule, _inputs) -> None:
+    """Forward pre-hook: install LSQ fake-quantized weights into the wrapped module."""
+    for name in module.weight_names:
+        weight = getattr(module, f"qat_{name}")
+        scales = getattr(module, f"qat_{name}_scale")[getattr(module, f"qat_{name}_index")]
+        zero = torch.zeros((), dtype=torch.int32)
+        module.inner._buffers[name] = fake_quantize_lsq(weight, scales, zero, module.weight_bits, symmetric=True)
+
+
+def prepare_qat(fp32: nn.Module, config: QuantConfig, calibration: Frames,
+                tangent_projection: bool = True) -> nn.Module:
+    """A QAT-ready copy of ``fp32``: PTQ-calibrated, with trainable weights and scales."""
+    model, _ = quantize_loaded(fp32, config, calibration)
+    originals = dict(fp32.named_parameters())
+    for path, module in model.named_modules():
+        if isinstance(module, QuantizedModule):
+            for name in module.weight_names:
+                original = originals[f"{path}.{name}"].detach().clone().float()
+                module.register_parameter(f"qat_{name}", nn.Parameter(original))
+                module.register_parameter(f"qat_{name}_scale",
+                                          nn.Parameter(getattr(module, f"{name}_scale").clone()))
+                module.register_buffer(f"qat_{name}_index", scale_index_map(
+                    module.inner, name, module.group_size, module.per_tensor), persistent=False)
+            if module.weight_names:
+                module._qat_hook = module.register_forward_pre_hook(_weight_hook)
+        if isinstance(module, ActivationQuantizer) and module.mode == "quantize":
+            module.learnable, module.tangent_projection = True, tangent_projection
+            for key in ("scalar_scale", "norm_scale"):
+                if key in module._buffers:
+                    value = module._buffers.pop(key)
+                    module.register_parameter(key, nn.Parameter(value.clone()))
+    return model
+
+
+def set_vector_quantization(model: nn.Module, enabled: bool) -> None:
+    """Switch quantization of l>0 activations on or off (the vector warm-up)."""
+    for module in model.modules():
+        if isinstance(module, ActivationQuantizer):
+            module.quantize_vectors = enabled
+
+
+@torch.no_grad()
+def convert_qat(model: nn.Module) -> nn.Module:
+    """Freeze a QAT model into plain PTQ form (integer weights + scales as buffers), in place."""
+    for module in model.modules():
+        if isinstance(module, QuantizedModule) and hasattr(module, "_qat_hook"):
+            module._qat_hook.remove()
+            del module._qat_hook
+            for name in module.weight_names:
+                weight = module._parameters.pop(f"qat_{name}").detach()
+                scales = module._parameters.pop(f"qat_{name}_scale").detach().abs().clamp_min(1e-12)
+                index = module._buffers.pop(f"qat_{name}_index")
+                zero = torch.zeros((), dtype=torch.int32)
+                values = quantize(weight, scales[index], zero, module.weight_bits, symmetric=True).to(torch.int8)
+                getattr(module, f"{name}_int").copy_(values)
+                getattr(module, f"{name}_scale").copy_(scales)
+                module.inner._buffers[name] = dequantize_parameter(
+                    module.inner, name, values, scales, module.group_size, module.per_tensor)
+        if isinstance(module, ActivationQuantizer):
+            module.learnable, module.quantize_vectors = False, True
+            for key in ("scalar_scale", "norm_scale"):
+                if key in module._parameters:
+                    value = module._parameters.pop(key).detach().abs().clamp_min(1e-12)
+                    module.register_buffer(key, value.clone())
+    return model.eval()
+
+
+def qat_loss(options: QATOptions, rng: np.random.Generator) -> Callable[[nn.Module, Batch], torch.Tensor]:
+    """Energy + force loss; with ``lee_weight`` > 0 also |F(Rx) - R F(x)|^2 for a random R."""
+
+    def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+        energies, forces = energy_and_forces(model, batch, create_graph=True)
+        total = energy_force_loss(energies, forces, batch, 1.0, 1.0)
+        if options.lee_weight > 0:
+            rotation = torch.tensor(haar_rotations(1, int(rng.integers(1 << 31)))[0], dtype=forces.dtype)
+            _, rotated = energy_and_forces(model, replace(batch, positions=batch.positions @ rotation.T),
+                                           create_graph=True)
+            total = total + options.lee_weight * ((rotated - forces @ rotation.T) ** 2).mean()
+        return total
+
+    return loss
+
+
+def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, calibration: Frames,
+            options: QATOptions, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """prepare -> train (vector warm-up, optional LEE penalty) -> convert. Returns the converted model."""
+    model = prepare_qat(fp32, config, calibration, options.tangent_projection)
+    rng = np.random.default_rng(options.seed)
+
+    def schedule(epoch: int, models: list[nn.Module]) -> None:
+        for m in models:
+            set_vector_quantization(m, epoch >= options.vector_warmup)
+
+    train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
+                                 learning_rate=options.learning_rate, warmup_steps=20,
+                                 final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed)
+    result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule)
+    convert_qat(result.model)
+    return result

@@ -1,0 +1,84 @@
+"""Quantization-aware fine-tuning: STE gradients, vector warm-up, loss decrease, convert."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from gaqtool.config import QuantConfig
+from gaqtool.data.graph import make_batch
+from gaqtool.io.safetensors_io import load_quantized, save_quantized
+from gaqtool.models.potential import energy_and_forces
+from gaqtool.qat import QATOptions, convert_qat, prepare_qat, qat_loss, set_vector_quantization
+from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.apply import QuantPlan
+from gaqtool.irreps import split_blocks
+from tests.conftest import make_tiny_model
+
+
+def _vector_quantizer(model) -> ActivationQuantizer:
+    return model.layers[1].pre_linear.input_quantizers[0]
+
+
+def test_vector_warmup_leaves_l_gt_0_unquantized_then_quantizes(train_frames):
+    model = prepare_qat(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    quantizer = _vector_quantizer(model)
+    x = quantizer.irreps.randn(16, -1)
+    set_vector_quantization(model, False)
+    off = split_blocks(quantizer(x), quantizer.irreps)
+    set_vector_quantization(model, True)
+    on = split_blocks(quantizer(x), quantizer.irreps)
+    original = split_blocks(x, quantizer.irreps)
+    for (mul, ir), a, b, o in zip(quantizer.irreps, off, on, original):
+        if ir.l > 0:
+            assert torch.equal(a, o)              # warm-up: untouched
+            assert not torch.equal(b, o)          # after: quantized
+        else:
+            assert torch.equal(a, b) and not torch.equal(a, o)  # scalars quantized throughout
+
+
+def test_ste_and_lsq_gradients_reach_weights_and_scales(train_frames, test_frames):
+    model = prepare_qat(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    batch = make_batch(test_frames, [0, 1], model.cutoff)
+    loss = qat_loss(QATOptions(lee_weight=1.0), np.random.default_rng(0))(model, batch)
+    loss.backward()
+    linear = model.layers[0].radial.out
+    assert linear.qat_weight.grad is not None and float(linear.qat_weight.grad.abs().sum()) > 0
+    assert float(linear.qat_weight_scale.grad.abs().sum()) > 0
+    assert float(_vector_quantizer(model).norm_scale.grad.abs().sum()) > 0
+    assert float(_vector_quantizer(model).scalar_scale.grad.abs().sum()) > 0
+
+
+def test_a_few_qat_steps_lower_the_training_loss(train_frames):
+    fp32 = make_tiny_model()
+    model = prepare_qat(fp32, QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    batch = make_batch(train_frames, range(8), model.cutoff)
+    loss_fn = qat_loss(QATOptions(), np.random.default_rng(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_convert_gives_the_same_file_format_and_outputs(tmp_path, train_frames, test_frames):
+    config = QuantConfig.from_preset("w4a8", calib_frames=4)
+    model = prepare_qat(make_tiny_model(), config, train_frames)
+    with torch.no_grad():
+        model.layers[0].radial.out.qat_weight.mul_(1.1)  # pretend training moved the weights
+    qat_forward = copy.deepcopy(model).eval()
+    batch = make_batch(test_frames, [0, 1, 2], model.cutoff)
+    e_qat, _ = energy_and_forces(qat_forward, batch)
+    convert_qat(model)
+    assert not any("qat_" in name for name, _ in model.named_parameters())
+    e_conv, f_conv = energy_and_forces(model, batch)
+    assert torch.allclose(e_conv, e_qat, atol=1e-3)
+    path = save_quantized(tmp_path / "qat.safetensors", model, config, QuantPlan(), "0" * 64)
+    e_file, f_file = energy_and_forces(load_quantized(path), batch)
+    assert torch.equal(e_file, e_conv) and torch.equal(f_file, f_conv)
