@@ -17,7 +17,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md import velocitydistribution
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 
 from gaqtool.io.atomic import atomic_write
@@ -98,7 +99,11 @@ def initial_state(numbers: np.ndarray, positions: np.ndarray, temperature_k: flo
     """Atoms (N,) / (N, 3) Angstrom with seeded Maxwell-Boltzmann velocities at ``temperature_k``,
     zero total momentum and zero angular momentum (temperature preserved)."""
     atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if hasattr(velocitydistribution, "thermalize_momenta"):  # ASE >= 3.29 (same distribution)
+        velocitydistribution.thermalize_momenta(atoms, temperature_k, rng=rng)
+    else:
+        velocitydistribution.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
     return atoms

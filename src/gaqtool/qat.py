@@ -26,7 +26,7 @@ from gaqtool.models.potential import energy_and_forces
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 from gaqtool.quant.primitives import fake_quantize_lsq, quantize
-from gaqtool.quant.weights import dequantize_parameter, scale_index_map
+from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_storage_precision
 from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
 from gaqtool.workflow import quantize_loaded
 
@@ -96,7 +96,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
             del module._qat_hook
             for name in module.weight_names:
                 weight = module._parameters.pop(f"qat_{name}").detach()
-                scales = module._parameters.pop(f"qat_{name}_scale").detach().abs().clamp_min(1e-12)
+                scales = to_storage_precision(module._parameters.pop(f"qat_{name}_scale").detach().abs())
                 index = module._buffers.pop(f"qat_{name}_index")
                 zero = torch.zeros((), dtype=torch.int32)
                 values = quantize(weight, scales[index], zero, module.weight_bits, symmetric=True).to(torch.int8)
@@ -108,7 +108,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
             module.learnable, module.quantize_vectors = False, True
             for key in ("scalar_scale", "norm_scale"):
                 if key in module._parameters:
-                    value = module._parameters.pop(key).detach().abs().clamp_min(1e-12)
+                    value = to_storage_precision(module._parameters.pop(key).detach().abs())
                     module.register_buffer(key, value.clone())
     return model.eval()
 

@@ -65,7 +65,7 @@ def test_weight_quantization_error_shrinks_with_bits(tiny_model, bits):
     original = tiny_model.layers[0].radial.out.weight
     quantized = model.layers[0].radial.out.inner.weight
     step = original.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
-    assert bool(((quantized - original).abs() <= step / 2 + 1e-7).all())
+    assert bool(((quantized - original).abs() <= step / 2 * 1.001 + 1e-7).all())  # fp16 scales
     assert len(torch.unique(model.layers[0].radial.out.weight_int[0])) <= 2 ** bits - 1
 
 

@@ -87,8 +87,8 @@ def write_parity_plot(path: Path, pred: Predictions, frames: Frames, title: str,
 
 def _render(report: dict[str, Any]) -> None:
     m = report["metrics"]
-    table = Table(title=f"{report['model']['path']} ({report['model']['label']}) on "
-                        f"{m['num_frames']} frames")
+    console.print(f"model: {report['model']['path']} ({report['model']['label']})", highlight=False)
+    table = Table(title=f"errors on {m['num_frames']} frames")
     table.add_column("")
     table.add_column("MAE", justify="right")
     table.add_column("RMSE", justify="right")
@@ -127,11 +127,12 @@ def evaluate(
     _check_plot_path(plot)
     loaded = load_model(model, trust_pickle)
     selection = resolve_data(data, split.value, rmd17_dir, loaded.molecule)
-    frames = selection.frames
-    if num_frames is not None:
-        frames = frames.subset(range(min(num_frames, len(frames))))
+    frames, note = selection.frames, selection.note
+    if num_frames is not None and num_frames < len(frames):
+        frames = frames.subset(range(num_frames))
+        note = f"{note}; first {num_frames} used"
     if not json_output:
-        console.print(f"[dim]{selection.note}[/]", highlight=False)
+        console.print(f"[dim]{note}[/]", highlight=False)
     with progress(json_output) as bar:
         task = bar.add_task("evaluating", total=len(frames), info=loaded.label)
         try:
@@ -143,7 +144,7 @@ def evaluate(
     errors = sorted(per_frame_errors(pred, frames), key=lambda r: r["force_mae_mev_a"], reverse=True)
     report = {"model": {"path": str(loaded.path), "kind": loaded.kind, "label": loaded.label,
                         "molecule": loaded.molecule},
-              "data": {"spec": data, "split": split.value, "note": selection.note},
+              "data": {"spec": data, "split": split.value, "note": note},
               "metrics": metrics, "worst": errors[:worst]}
     if plot is not None:
         write_parity_plot(plot, pred, frames, f"{loaded.path.name} ({loaded.label})", metrics)

@@ -45,13 +45,13 @@ def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle:
         return {str(m.path): parent for m in quantized}, notes
     candidates = {file_sha256(m.path): m for m in models if m.kind == "fp32"}
     embedded = default_model_path()
+    embedded_sha = file_sha256(embedded) if quantized and embedded.is_file() else None
     parents: dict[str, LoadedModel] = {}
     for m in quantized:
         source = m.info.get("source_sha256")
-        if source in candidates:
-            parents[str(m.path)] = candidates[source]
-        elif source and embedded.is_file() and file_sha256(embedded) == source:
+        if source and source == embedded_sha and source not in candidates:
             candidates[source] = load_model(embedded)
+        if source in candidates:
             parents[str(m.path)] = candidates[source]
         else:
             notes.append(f"no FP32 parent known for {m.path}: pass it with --fp32 to see the floor")

@@ -38,6 +38,10 @@ __all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized", "read_header", 
 # Format changelog:
 #   1 (gaqtool 0.1): packed weights + scales + shapes, activation scales as plain tensors.
 FORMAT_VERSION = "1"
+# buffers rebuilt from the model config (e3nn output masks), not stored
+DERIVED_SUFFIXES = (".output_mask",)
+# float32 buffers stored as float16 (their values are float16-exact by construction)
+HALF_SUFFIXES = ("weight_scale", ".scalar_scale", ".norm_scale", ".tensor_scale")
 _META_KEYS = ("gaqtool.format_version", "gaqtool.model_config", "gaqtool.quant_config", "gaqtool.plan")
 
 
@@ -73,9 +77,20 @@ def file_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             tensors[f"{path}.{name}_shape"] = torch.tensor(list(values.shape), dtype=torch.int64)
             skip |= {f"{path}.inner.{name}", f"{path}.{name}_int"}
     for key, value in state.items():
-        if key not in skip:
-            tensors[key] = value.detach().contiguous().clone()
+        if key in skip or key.endswith(DERIVED_SUFFIXES) or value.numel() == 0:
+            continue
+        tensors[key] = _storage_dtype(key, value.detach()).contiguous().clone()
     return tensors
+
+
+def _storage_dtype(key: str, value: torch.Tensor) -> torch.Tensor:
+    """Scales go to float16 (they are rounded to float16 when chosen, so this is exact);
+    8-bit activation zero points to uint8. Everything else keeps its dtype."""
+    if key.endswith(HALF_SUFFIXES):
+        return value.half()
+    if key.endswith("_zero_point") and value.numel() and 0 <= int(value.min()) and int(value.max()) <= 255:
+        return value.to(torch.uint8)
+    return value
 
 
 def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig, plan: QuantPlan,
@@ -175,7 +190,8 @@ def load_quantized(path: Path | str) -> torch.nn.Module:
     except RuntimeError as exc:
         raise FormatError(f"{qfile.path}: tensor shapes do not fit the model: {exc}") from None
     result = model.load_state_dict(tensors, strict=False)
-    missing = set(result.missing_keys) - handled
+    missing = {k for k in set(result.missing_keys) - handled
+               if not k.endswith(DERIVED_SUFFIXES) and model.state_dict()[k].numel() > 0}
     if missing or result.unexpected_keys:
         raise FormatError(f"{qfile.path} does not match its model config "
                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]})")

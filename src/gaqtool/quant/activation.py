@@ -19,6 +19,7 @@ from gaqtool.quant.direction import (fibonacci_sphere, quantize_direction_codebo
                                       quantize_direction_component, quantize_direction_fp16)
 from gaqtool.quant.mddq import mddq_fake_quantize, norm_scale_from_max
 from gaqtool.quant.observers import make_observer
+from gaqtool.quant.weights import to_storage_precision
 from gaqtool.quant.primitives import choose_qparams, fake_quantize, fake_quantize_lsq
 
 __all__ = ["ActivationQuantizer"]
@@ -89,15 +90,15 @@ class ActivationQuantizer(nn.Module):
         if self.method == Method.NAIVE and "tensor" in self._observers:
             low, high = self._observers["tensor"].compute()
             scale, _ = choose_qparams(low, high, self.num_bits, symmetric=True)
-            self.tensor_scale.copy_(scale.reshape(1))
+            self.tensor_scale.copy_(to_storage_precision(scale.reshape(1)))
         if "scalar" in self._observers:
             low, high = self._observers["scalar"].compute()
             scale, zero = choose_qparams(low, high, self.num_bits, symmetric=False)
-            self.scalar_scale.copy_(scale)
+            self.scalar_scale.copy_(to_storage_precision(scale))
             self.scalar_zero_point.copy_(zero)
         if "norm" in self._observers:
             _, high = self._observers["norm"].compute()
-            self.norm_scale.copy_(norm_scale_from_max(high, self.num_bits))
+            self.norm_scale.copy_(to_storage_precision(norm_scale_from_max(high, self.num_bits)))
         self._observers.clear()
         self.mode = "quantize"
 

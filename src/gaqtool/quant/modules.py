@@ -5,6 +5,11 @@ holding the dequantized values (fake quantization), while the integer values and
 kept beside them (``<name>_int``, ``<name>_scale``) for packing and for integer kernels.
 ``irreps_in``/``irreps_out`` of the wrapped module are kept, so e3nn's equivariance tests
 apply to the wrapper.
+
+Integer kernels hook in through one optional attribute: ``integer_forward`` (default None). When
+set (by ``gaqtool.kernels.enable_integer_kernels``) ``forward(*args)`` returns
+``integer_forward(self, *args, **kwargs)`` instead of quantizing the inputs and calling ``inner``.
+It is a plain callable, not a submodule, so state dicts and saved files do not change.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class QuantizedModule(nn.Module):
     @torch.no_grad()
     def load_quantized_weight(self, name: str, values: torch.Tensor, scales: torch.Tensor) -> None:
         """Install integer ``values`` (parameter shape, int8) and flat ``scales`` read from a file."""
+        scales = scales.float()
         getattr(self, f"{name}_int").copy_(values)
         getattr(self, f"{name}_scale").copy_(scales)
         self._set_weight(name, dequantize_parameter(self.inner, name, values, scales, self.group_size,
@@ -80,7 +86,11 @@ class QuantizedModule(nn.Module):
     def activation_quantizers(self) -> list[ActivationQuantizer]:
         return [q for q in self.input_quantizers if isinstance(q, ActivationQuantizer)]
 
+    integer_forward = None  # optional (self, *args, **kwargs) -> output; see the module docstring
+
     def forward(self, *args, **kwargs):
+        if self.integer_forward is not None:
+            return self.integer_forward(self, *args, **kwargs)
         quantizers = list(self.input_quantizers)
         args = tuple(quantizers[i](a) if i < len(quantizers) and isinstance(a, torch.Tensor) else a
                      for i, a in enumerate(args))

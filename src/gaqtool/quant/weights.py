@@ -15,7 +15,7 @@ from torch import nn
 from gaqtool.quant.primitives import choose_qparams, dequantize, quantize
 
 __all__ = ["matrix_views", "quantize_parameter", "dequantize_parameter", "num_scales",
-           "expected_num_scales", "scale_index_map"]
+           "expected_num_scales", "scale_index_map", "to_storage_precision"]
 
 
 def matrix_views(module: nn.Module, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -38,6 +38,12 @@ def matrix_views(module: nn.Module, name: str, tensor: torch.Tensor) -> list[tor
     if tensor.dim() == 2:  # e3nn.nn.FullyConnectedNet layer: [h_in, h_out]
         return [tensor]
     raise TypeError(f"no matrix layout known for {type(module).__name__}.{name}")
+
+
+def to_storage_precision(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to float16 (how the file stores them), clamped to float16's normal range,
+    so that weights quantized with them dequantize identically after saving and loading."""
+    return scale.float().clamp(6.2e-5, 6.5e4).half().float()
 
 
 def _groups(rows: int, group_size: int | None) -> list[slice]:
@@ -63,6 +69,7 @@ def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: 
     values = torch.zeros(weight.shape, dtype=torch.int8)
     if per_tensor:
         scale, zero = choose_qparams(weight.min(), weight.max(), num_bits, symmetric=True)
+        scale = to_storage_precision(scale)
         values.copy_(quantize(weight, scale, zero, num_bits, symmetric=True).to(torch.int8))
         return values, scale.reshape(1).float()
     scales = []
@@ -70,6 +77,7 @@ def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: 
         for rows in _groups(w.shape[0], group_size):
             block = w[rows]
             scale, zero = choose_qparams(block.amin(0), block.amax(0), num_bits, symmetric=True)
+            scale = to_storage_precision(scale)
             q[rows] = quantize(block, scale, zero, num_bits, symmetric=True).to(torch.int8)
             scales.append(scale.float().reshape(-1))
     return values, torch.cat(scales) if scales else torch.zeros(0)

@@ -1,0 +1,330 @@
+"""Integer GEMMs (int8 x int8 -> int32, ``torch._int_mm``) for quantized ``nn.Linear`` layers.
+
+Numerics of one switched layer, for an input ``x (M, K)`` float32 and the layer's stored weights
+``W_int (N, K)`` int8 (values of 2, 4 or 8 bits, already unpacked) with per-output-channel scales
+``s_w (N,)``:
+
+  1. dynamic symmetric per-row activation quantization: ``s_x = max_k |x[m, k]| / 127`` (M, 1),
+     ``x_int = round(x / s_x)`` int8 in [-127, 127];
+  2. ``acc = x_int @ W_int^T`` int32 (``torch._int_mm``);
+  3. ``y = acc * s_x * s_w + bias`` float32.
+
+This *replaces* the layer's static activation fake quantizer (per-channel asymmetric, calibrated)
+by the dynamic per-row grid; on invariant inputs (radial basis, attention scalars: every
+``nn.Linear`` of the reference potential) the row scales are rotation invariant, so
+equivariance is untouched. Backward (forces): ``grad_x = grad_y @ W_deq`` with the dequantized
+float weight, i.e. the rounding of step 1 is straight-through, as in the fake-quant model. The
+backward is built from differentiable ops, so double backward (training on forces) works too; the
+layer's own second derivative is zero, as for any linear map.
+
+On this CPU build ``torch._int_mm`` accepts any shape; CUDA needs M > 16 and K, N multiples of 8
+(see :func:`probe_int_mm`), handled by zero padding (:func:`pad_operands`).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.modules import QuantizedModule
+
+__all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operands",
+           "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
+           "make_kernel", "enable_integer_kernels", "disable_integer_kernels",
+           "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_ROWS"]
+
+QMAX = 127
+_EPS = 1e-12  # smallest row scale: an all-zero row quantizes to zeros
+
+
+class IntMMSupport:
+    """Whether ``torch._int_mm`` runs on a device, and whether operands must be padded.
+
+    available: the kernel ran and gave exact int32 results
+    needs_padding: only aligned shapes (M > 16, K and N multiples of 8) run
+    reason: why it is unavailable ('' if available)
+    """
+
+    def __init__(self, available: bool, needs_padding: bool, reason: str = ""):
+        self.available, self.needs_padding, self.reason = available, needs_padding, reason
+
+    def __repr__(self) -> str:
+        return f"IntMMSupport(available={self.available}, needs_padding={self.needs_padding}, reason={self.reason!r})"
+
+
+def _try_int_mm(m: int, k: int, n: int, device: torch.device) -> str:
+    """'' if ``torch._int_mm`` gives the exact product for an (m, k) x (k, n) pair, else why not."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-QMAX, QMAX + 1, (m, k), dtype=torch.int8, generator=generator).to(device)
+    b = torch.randint(-QMAX, QMAX + 1, (k, n), dtype=torch.int8, generator=generator).to(device)
+    try:
+        out = torch._int_mm(a, b)
+    except (RuntimeError, NotImplementedError, AttributeError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    if out.dtype != torch.int32 or not torch.equal(out.cpu().long(), a.cpu().long() @ b.cpu().long()):
+        return "torch._int_mm returned a wrong result"
+    return ""
+
+
+def probe_int_mm(device: torch.device | str = "cpu") -> IntMMSupport:
+    """Run ``torch._int_mm`` on an odd and an aligned shape on ``device``."""
+    device = torch.device(device)
+    if _try_int_mm(17, 9, 11, device) == "":
+        return IntMMSupport(True, False)
+    aligned = _try_int_mm(32, 16, 16, device)
+    if aligned == "":
+        return IntMMSupport(True, True)
+    return IntMMSupport(False, False, aligned)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric per-row int8 quantization.
+
+    x: (M, K) float. Returns ``x_int`` (M, K) int8 in [-127, 127] and ``scale`` (M, 1) float32
+    (units of x) with ``x ≈ x_int * scale``; ``scale = max_k |x[m, k]| / 127`` (>= 1e-12).
+
+    >>> q, s = quantize_rows(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+    >>> q.tolist(), s.squeeze(1).tolist()[1]
+    ([[64, -127], [0, 0]], 1e-12)
+    """
+    x = x.float()
+    amax = x.abs().amax(dim=1, keepdim=True).clamp_min(_EPS * QMAX)  # abs+amax: 20x faster than vector_norm(inf)
+    x_int = torch.round(x * (QMAX / amax)).to(torch.int8)  # |x * 127 / amax| <= 127: no clamp needed
+    return x_int, amax / QMAX
+
+
+def pad_operands(x_int: torch.Tensor, weight_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad (M, K) int8 and (K, N) int8 to M >= 17 and K, N multiples of 8 (CUDA constraints).
+
+    Zero rows/columns add nothing to the int32 products; the caller slices the result to (M, N).
+    """
+    m, k = x_int.shape
+    n = weight_t.shape[1]
+    pad_k, pad_n, pad_m = -k % 8, -n % 8, max(0, 17 - m)
+    if pad_k or pad_m:
+        x_int = F.pad(x_int, (0, pad_k, 0, pad_m))
+    if pad_k or pad_n:
+        weight_t = F.pad(weight_t, (0, pad_n, 0, pad_k))
+    return x_int, weight_t
+
+
+def int8_linear(x: torch.Tensor, weight_t: torch.Tensor, weight_scale: torch.Tensor,
+                bias: torch.Tensor | None, needs_padding: bool = False) -> torch.Tensor:
+    """``y = dequant(quantize_rows(x) @ weight_t) + bias``, the integer forward of one layer.
+
+    x: (M, K) float32; weight_t: (K, N) int8 (a transposed view of nn.Linear's (N, K) is fine);
+    weight_scale: (N,) float32 per output channel; bias: (N,) float32 or None.
+    Returns (M, N) float32.
+    """
+    x_int, row_scale = quantize_rows(x)
+    if needs_padding:
+        m, n = x.shape[0], weight_t.shape[1]
+        acc = torch._int_mm(*pad_operands(x_int, weight_t))[:m, :n]
+    else:
+        acc = torch._int_mm(x_int, weight_t)                  # (M, N) int32
+    y = acc.to(torch.float32).mul_(row_scale).mul_(weight_scale)  # one new tensor, two in-place passes
+    return y.add_(bias) if bias is not None else y
+
+
+class Int8LinearFunction(torch.autograd.Function):
+    """Integer forward, float backward: ``grad_x = grad_y @ W_deq`` (straight-through rounding).
+
+    forward(x (M, K) float32, weight_deq (N, K) float32, bias (N,) or None, kernel, weight_t
+    (K, N) int8, weight_scale (N,) float32) -> (M, N) float32. ``kernel`` is :func:`int8_linear`
+    or its compiled version. Only ``x`` and ``bias`` receive gradients (weights are constants of
+    a quantized model). The backward is made of differentiable ops: double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_deq, bias, kernel, weight_t, weight_scale):
+        ctx.save_for_backward(weight_deq)
+        ctx.has_bias = bias is not None
+        return kernel(x, weight_t, weight_scale, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (weight_deq,) = ctx.saved_tensors
+        grad_x = grad_out @ weight_deq.to(grad_out.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_bias, None, None, None
+
+
+class IntegerLinear:
+    """The callable installed as ``QuantizedModule.integer_forward`` on an ``nn.Linear`` wrapper.
+
+    Holds only derived data (not an nn.Module, so nothing enters the state dict or the file):
+      weight_t:     (K, N) int8, the wrapper's ``weight_int`` transposed (view or contiguous copy)
+      weight_scale: (N,) float32 per output channel (a per-tensor scale is expanded)
+      min_rows:     inputs with fewer rows run the fake-quant float path (no speed gain there)
+    ``__call__(module, x (..., K))`` -> (..., N) float32.
+    """
+
+    def __init__(self, module: torch.nn.Module, kernel: Callable, min_rows: int,
+                 needs_padding: bool = False, contiguous_weight: bool = False):
+        weight_int = module.weight_int                        # (N, K) int8, unpacked once at load
+        n = weight_int.shape[0]
+        self.weight_t = weight_int.t().contiguous() if contiguous_weight else weight_int.t()
+        self.weight_scale = module.weight_scale.detach().float().reshape(-1).expand(n).contiguous()
+        self.kernel = functools.partial(kernel, needs_padding=True) if needs_padding else kernel
+        self.min_rows = int(min_rows)
+        self.calls = {"integer": 0, "float": 0}
+
+    def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        inner = module.inner
+        rows = x.numel() // max(1, x.shape[-1])
+        if rows < self.min_rows or x.dtype != torch.float32:
+            self.calls["float"] += 1
+            return inner(module.input_quantizers[0](x))   # exactly the fake-quant path
+        self.calls["integer"] += 1
+        flat = x.reshape(rows, x.shape[-1])
+        y = Int8LinearFunction.apply(flat, inner.weight, inner.bias, self.kernel, self.weight_t,
+                                     self.weight_scale)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+# --- switching a model ---------------------------------------------------------------------
+
+# Measured on the 2-core AVX512-VNNI CPU (see benchmarks/bench_inference.py --layers): with
+# compiled quant/dequant, the int8 GEMM beats fp32 addmm for K = N = 64 over >= ~128 rows; for
+# K = 8 (radial basis) or K = 32, N <= 64 (attention, readout over atoms) the activation
+# quantization costs more than the GEMM saves.
+MIN_IN_FEATURES = 64
+MIN_OUT_FEATURES = 64
+MIN_ROWS = 128
+
+_NOT_SWITCHED = {
+    "o3.Linear": "inputs are MDDQ-quantized irreps: l>0 blocks are not on an integer grid and a "
+                 "per-row int8 requantization of them would break equivariance; the l=0 path is a "
+                 "channels x channels GEMM over atoms, too small to pay",
+    "ChannelwiseConvolution": "no weights (per-edge weights come from the radial MLP); its float "
+                              "bmm over l>0 components stays float",
+    "nn.Embedding": "a table lookup, no GEMM",
+}
+
+
+@dataclass
+class IntegerKernelReport:
+    """What :func:`enable_integer_kernels` did.
+
+    backend:  e.g. 'torch._int_mm + compiled quant/dequant', or 'none (fake quantization)'
+    switched: module path -> what runs there now (shapes, weight bits, activation grid)
+    kept:     module path -> why it still runs the fake-quant float path
+    warnings: messages also issued with ``warnings.warn``
+    """
+
+    backend: str
+    switched: dict[str, str] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "switched": self.switched, "kept": self.kept,
+                "warnings": self.warnings}
+
+
+class _FirstCallFallback:
+    """Runs ``compiled``; if its first call fails (no C++ toolchain, unsupported op), warns once
+    and runs ``eager`` from then on. Later failures are bugs and propagate."""
+
+    def __init__(self, compiled: Callable, eager: Callable):
+        self.compiled, self.eager, self.verified = compiled, eager, False
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        if self.verified:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (inductor raises many types; the fallback is reported)
+            warnings.warn(f"torch.compile of the int8 kernel failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); using the eager "
+                          "kernel, whose activation quantization costs more than the int8 GEMM saves",
+                          RuntimeWarning, stacklevel=2)
+            self.compiled = None
+            return self.eager(*args, **kwargs)
+        self.verified = True
+        return out
+
+
+def make_kernel(compile: bool) -> Callable:
+    """:func:`int8_linear`, compiled with inductor (dynamic shapes) if ``compile``."""
+    if not compile:
+        return int8_linear
+    return _FirstCallFallback(torch.compile(int8_linear, dynamic=True), int8_linear)
+
+
+def _linear_reason(module, min_in: int, min_out: int) -> str:
+    """'' if an nn.Linear wrapper can run the integer kernel, else why not."""
+    inner = module.inner
+    if module.weight_names != ["weight"]:
+        return "weight not quantized (kept FP32)"
+    if module.group_size is not None:
+        return (f"grouped weight scales (group size {module.group_size}) vary along K and cannot "
+                "be applied after an int32 GEMM")
+    if inner.in_features < min_in or inner.out_features < min_out:
+        return (f"K={inner.in_features}, N={inner.out_features}: below K>={min_in}, N>={min_out}, "
+                "where per-row activation quantization costs more than the int8 GEMM saves")
+    return ""
+
+
+def _activation_note(module) -> str:
+    quantizer = module.input_quantizers[0]
+    if isinstance(quantizer, ActivationQuantizer):
+        return f"static {quantizer.method.value} {quantizer.num_bits}-bit activation grid replaced by dynamic per-row int8"
+    return "activations were FP32 (weight-only file): now dynamic per-row int8 in this layer"
+
+
+def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
+                           min_in_features: int = MIN_IN_FEATURES,
+                           min_out_features: int = MIN_OUT_FEATURES, min_rows: int = MIN_ROWS,
+                           contiguous_weight: bool = False) -> IntegerKernelReport:
+    """Switch eligible ``QuantizedModule`` wrappers of ``model`` to int8 GEMMs, in place.
+
+    Eligible: ``nn.Linear`` wrappers with per-output-channel (or per-tensor) weight scales and
+    K >= ``min_in_features``, N >= ``min_out_features``; at run time inputs with fewer than
+    ``min_rows`` rows take the fake-quant path. ``compile``: fuse the quant/dequant passes with
+    ``torch.compile`` (falls back to eager with a warning). ``contiguous_weight``: keep a (K, N)
+    contiguous int8 copy instead of a transposed view of the stored (N, K) weight.
+    If ``torch._int_mm`` does not run here, nothing is switched and a warning is issued.
+    """
+    support = probe_int_mm("cpu")
+    wrappers = [(p, m) for p, m in model.named_modules() if isinstance(m, QuantizedModule)]
+    if not support.available:
+        message = f"no usable integer GEMM (torch._int_mm: {support.reason}); the model keeps fake quantization"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return IntegerKernelReport("none (fake quantization)", {},
+                                   {p: message for p, _ in wrappers}, [message])
+    kernel = make_kernel(compile)
+    report = IntegerKernelReport("torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant")
+    for path, module in wrappers:
+        module.integer_forward = None
+        if module.kind != "nn.Linear":
+            report.kept[path] = _NOT_SWITCHED.get(module.kind, f"no integer kernel for {module.kind}")
+            continue
+        reason = _linear_reason(module, min_in_features, min_out_features)
+        if reason:
+            report.kept[path] = reason
+            continue
+        module.integer_forward = IntegerLinear(module, kernel, min_rows, support.needs_padding,
+                                               contiguous_weight)
+        inner = module.inner
+        report.switched[path] = (f"K={inner.in_features} N={inner.out_features}, "
+                                 f"{module.weight_bits}-bit weights as int8; {_activation_note(module)}")
+    return report
+
+
+def disable_integer_kernels(model: torch.nn.Module) -> int:
+    """Return every wrapper to fake quantization; the number of wrappers that were switched."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, QuantizedModule) and module.integer_forward is not None:
+            module.integer_forward = None
+            count += 1
+    return count

@@ -1,0 +1,110 @@
+"""Tests for gaqtool.ase.GAQCalculator: same numbers as the model, FP32 and quantized files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from gaqtool.config import QuantConfig
+from gaqtool.data.graph import make_batch
+from gaqtool.data.spec import resolve_data
+from gaqtool.errors import InputError
+from gaqtool.io.checkpoint import save_checkpoint
+from gaqtool.io.loading import file_sha256
+from gaqtool.io.safetensors_io import save_quantized
+from gaqtool.models.potential import DEFAULT_CONFIG, build_model, energy_and_forces
+from gaqtool.workflow import quantize_loaded
+
+torch.set_num_threads(1)
+
+TINY = dict(DEFAULT_CONFIG, num_channels=8, num_layers=2, lmax=2, num_heads=2, key_dim=4,
+            species=[1, 6, 8], energy_shift={"1": -13.6, "6": -1029.0, "8": -2041.0},
+            energy_scale=1.0, molecule="aspirin")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return resolve_data("rmd17", "test", None, "aspirin").frames.subset(range(2))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, frames):
+    directory = tmp_path_factory.mktemp("ase")
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    fp32 = save_checkpoint(directory / "tiny.pt", model, training={})
+    config = QuantConfig.from_preset("w4a8", method="naive", calib_frames=2)
+    quantized, plan = quantize_loaded(model, config, frames)
+    naive = save_quantized(directory / "tiny_naive.safetensors", quantized, config, plan, file_sha256(fp32))
+    return {"fp32": fp32, "naive": naive}
+
+
+def _atoms(frames, k: int = 0) -> Atoms:
+    return Atoms(numbers=frames.numbers[k], positions=frames.positions[k])
+
+
+def test_import_resolves_to_the_ase_package():
+    import ase
+
+    import gaqtool.ase as gaq_ase
+
+    assert Path(ase.__file__).parent.name == "ase" and "gaqtool" not in ase.__file__
+    assert gaq_ase.Calculator.__module__ == "ase.calculators.calculator"
+
+
+@pytest.mark.parametrize("kind", ["fp32", "naive"])
+def test_energy_and_forces_match_the_model(files, frames, kind):
+    from gaqtool.ase import GAQCalculator
+    from gaqtool.io.loading import load_model
+
+    calc = GAQCalculator(files[kind])
+    atoms = _atoms(frames)
+    atoms.calc = calc
+    model = load_model(files[kind]).model
+    energy, forces = energy_and_forces(model, make_batch(frames, [0], model.cutoff))
+    assert atoms.get_potential_energy() == pytest.approx(float(energy.detach()[0]), abs=1e-6)
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+    np.testing.assert_allclose(atoms.get_forces(), forces.double().numpy(), atol=1e-6)
+    assert atoms.get_forces().shape == (len(atoms), 3)
+
+
+def test_neighbour_list_is_rebuilt_when_atoms_move(files, frames):
+    from gaqtool.ase import GAQCalculator
+
+    atoms = _atoms(frames)
+    atoms.calc = GAQCalculator(files["fp32"])
+    before = atoms.get_potential_energy()
+    positions = atoms.get_positions()
+    positions[0] += [0.0, 0.0, 50.0]  # far outside every cutoff: edges must disappear
+    atoms.set_positions(positions)
+    after = atoms.get_potential_energy()
+    moved = frames.subset([0])
+    moved.positions = [positions]
+    model = atoms.calc.model
+    expected, forces = energy_and_forces(model, make_batch(moved, [0], model.cutoff))
+    assert after != pytest.approx(before, abs=1e-6)
+    assert after == pytest.approx(float(expected.detach()[0]), abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces()[0], 0.0, atol=1e-7)  # an isolated atom feels nothing
+
+
+def test_unknown_element_is_a_clear_error(files):
+    from gaqtool.ase import GAQCalculator
+
+    atoms = Atoms("CCl", positions=[[0, 0, 0], [1.8, 0, 0]])
+    atoms.calc = GAQCalculator(files["fp32"])
+    with pytest.raises(InputError, match=r"Cl \(Z=17\)") as info:
+        atoms.get_potential_energy()
+    assert "H, C, O" in info.value.hint
+
+
+def test_periodic_atoms_are_refused(files):
+    from gaqtool.ase import GAQCalculator
+
+    atoms = Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]], cell=[5, 5, 5], pbc=True)
+    atoms.calc = GAQCalculator(files["fp32"])
+    with pytest.raises(InputError, match="periodic"):
+        atoms.get_forces()
