@@ -49,9 +49,14 @@ class ForceMode(str, Enum):
     ste: forces = -dE/dx through the model with every rounding treated as the identity in the
     backward pass (straight-through). The quantized energy is piecewise constant, so these
     forces are not its exact gradient; energy conservation is measured, not assumed.
+    conservative: forces = -dE_s/dx of E_s, the same model with activation rounding switched
+    off (weights stay quantized), so dynamics conserve kinetic energy + E_s; the reported
+    energy is still the activation-quantized E_q (a second, gradient-free pass). E_q - E_s is
+    the activation-rounding error of the energy, bounded and measured by ``gaqtool md``.
     """
 
     STE = "ste"
+    CONSERVATIVE = "conservative"
 
 
 def parse_bits(text: str) -> tuple[int, int | None]:

@@ -26,6 +26,8 @@ FORCE_MODE_NOTE = {
     "ste": "forces = -dE/dx by autograd with every activation rounding treated as identity in the "
            "backward pass (straight-through); weights are constants, so weight-only models have "
            "exactly conservative forces, activation-quantized ones approximately",
+    "conservative": "forces = -dE_s/dx where E_s is the model with activation rounding off (weights "
+                    "quantized): exactly conservative; the reported energy is the activation-quantized one",
 }
 
 

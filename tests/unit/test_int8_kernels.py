@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 torch.set_num_threads(1)
 
-from gaqtool.config import QuantConfig  # noqa: E402
+from gaqtool.config import Method, QuantConfig  # noqa: E402
 from gaqtool.data.frames import read_npz  # noqa: E402
 from gaqtool.data.graph import make_batch  # noqa: E402
 from gaqtool.data.spec import sample_path  # noqa: E402
@@ -127,7 +127,9 @@ def models(frames):
     fp32 = make_tiny_model()
     return {"fp32": fp32,
             "w4a8": quantize_loaded(fp32, QuantConfig.from_preset("w4a8"), frames)[0],
-            "w4": quantize_loaded(fp32, QuantConfig.from_preset("w4"), frames)[0]}
+            "w4": quantize_loaded(fp32, QuantConfig.from_preset("w4"), frames)[0],
+            "naive-w8a8": quantize_loaded(fp32, QuantConfig.from_preset("w8a8", method=Method.NAIVE),
+                                          frames)[0]}
 
 
 def _per_row_reference(module, x):
@@ -146,7 +148,7 @@ def _integer_and_reference(model):
     return integer, reference, report
 
 
-@pytest.mark.parametrize("preset", ["w4a8", "w4"])
+@pytest.mark.parametrize("preset", ["w4a8", "w4", "naive-w8a8"])  # naive: per-tensor weight scale
 def test_potential_integer_path_matches_float_reference_and_fake_quant(models, frames, preset):
     integer, reference, report = _integer_and_reference(models[preset])
     linears = [p for p, m in integer.named_modules()
@@ -280,3 +282,18 @@ def test_bench_command_runs_on_tiny_inputs(tiny_checkpoint):
 
     bad = CliRunner().invoke(app_module.app, ["bench", str(tiny_checkpoint), "--repeats", "0"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.slow
+def test_compiled_kernel_matches_eager():
+    """The inductor-fused kernel (the default) computes the same numbers as the eager one."""
+    kernel = k8.make_kernel(compile=True)
+    g = torch.Generator().manual_seed(4)
+    for m in (130, 257):  # two row counts: dynamic shapes, no recompilation needed for the result
+        x = torch.randn(m, 64, generator=g)
+        w_int, w_scale = random_weight(96, 64, 4, g)
+        bias = torch.randn(96, generator=g)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+            y = kernel(x, w_int.t(), w_scale, bias)
+        torch.testing.assert_close(y, k8.int8_linear(x, w_int.t(), w_scale, bias), rtol=1e-5, atol=1e-5)

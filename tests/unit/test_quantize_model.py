@@ -138,3 +138,34 @@ def test_quantizer_modes_and_calibration_count(tiny_model, train_frames):
     assert count == len(quantizers) and all(q.mode == "quantize" for q in quantizers)
     weight_only, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset("w4"))
     assert not any(isinstance(m, ActivationQuantizer) for m in weight_only.modules())
+
+
+def test_conservative_force_mode_is_the_gradient_of_the_unrounded_energy(train_frames, test_frames):
+    from dataclasses import replace
+
+    from gaqtool.data.graph import make_batch
+    from gaqtool.models.potential import energy_and_forces
+    from gaqtool.quant.apply import activation_rounding_off
+
+    fp32 = make_tiny_model(energy_shift={})
+    ste, _ = quantize_loaded(fp32, QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    conservative, _ = quantize_loaded(fp32, QuantConfig.from_preset("w4a8", calib_frames=4,
+                                                                    force_mode="conservative"), train_frames)
+    batch = make_batch(test_frames, [0], fp32.cutoff)
+    e_ste, f_ste = energy_and_forces(ste, batch)
+    e_con, f_con = energy_and_forces(conservative, batch)
+    assert torch.equal(e_ste, e_con)                       # the reported energy is the quantized one
+    assert not torch.allclose(f_ste, f_con, atol=1e-7)      # forces come from another function
+    conservative = conservative.double()  # finite differences need float64
+    batch = replace(batch, positions=batch.positions.double())
+    _, f_con = energy_and_forces(conservative, batch)
+    with activation_rounding_off(conservative):
+        smooth = lambda pos: float(conservative(replace(batch, positions=pos)))  # noqa: E731
+        h, pos = 1e-4, batch.positions.clone()
+        for atom, axis in [(0, 0), (7, 2)]:
+            plus, minus = pos.clone(), pos.clone()
+            plus[atom, axis] += h
+            minus[atom, axis] -= h
+            numeric = -(smooth(plus) - smooth(minus)) / (2 * h)
+            assert numeric == pytest.approx(float(f_con[atom, axis]), rel=1e-4, abs=1e-8)
+    assert all(q.mode == "quantize" for q in activation_quantizers(conservative))

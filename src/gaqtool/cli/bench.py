@@ -186,17 +186,21 @@ def run_benchmark(fp32, quantized, systems, configs: list[str], repeats: int, wa
 
 
 def _ratios(results: list[dict]) -> dict:
-    """speedup = fp32 median / config median; memory = config peak bytes / fp32 peak bytes."""
-    base = {r["system"]: r for r in results if r["config"] == "fp32" and r["status"] == "ok"}
+    """speedup = fp32 median / config median; memory = config peak bytes / fp32 peak bytes;
+    int8 rows also get speedup_vs_fake_quant (the gain of the kernels alone)."""
+    ok = {(r["config"], r["system"]): r for r in results if r["status"] == "ok"}
     ratios: dict = {}
-    for r in results:
-        b = base.get(r["system"])
-        if r["config"] == "fp32" or r["status"] != "ok" or b is None:
+    for (config, system), r in ok.items():
+        b = ok.get(("fp32", system))
+        if config == "fp32" or b is None:
             continue
         entry = {"speedup": b["median_s"] / r["median_s"]}
         if "peak_bytes" in r:
             entry["memory"] = r["peak_bytes"] / b["peak_bytes"]
-        ratios.setdefault(r["config"], {})[r["system"]] = entry
+        fake = ok.get(("fake-quant", system))
+        if config.startswith("int8") and fake is not None:
+            entry["speedup_vs_fake_quant"] = fake["median_s"] / r["median_s"]
+        ratios.setdefault(config, {})[system] = entry
     return ratios
 
 

@@ -78,7 +78,7 @@ def quantize(
     lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
     keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'.")] = None,
-    force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="How forces of activation-quantized models are computed (ste: straight-through autograd).")] = ForceMode.STE,
+    force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="How forces of activation-quantized models are computed: ste (autograd with straight-through rounding) or conservative (gradient of the model with activation rounding off; energy still quantized).")] = ForceMode.STE,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
     data: Annotated[Optional[str], typer.Option("--data", help="QAT training data: rmd17:<molecule> (950 train / 50 val of split 01) or a file. Default: the model's molecule.")] = None,
     vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 2,

@@ -55,7 +55,8 @@ class IntMMSupport:
         self.available, self.needs_padding, self.reason = available, needs_padding, reason
 
     def __repr__(self) -> str:
-        return f"IntMMSupport(available={self.available}, needs_padding={self.needs_padding}, reason={self.reason!r})"
+        return (f"IntMMSupport(available={self.available}, needs_padding={self.needs_padding}, "
+                f"reason={self.reason!r})")
 
 
 def _try_int_mm(m: int, k: int, n: int, device: torch.device) -> str:
@@ -94,7 +95,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ([[64, -127], [0, 0]], 1e-12)
     """
     x = x.float()
-    amax = x.abs().amax(dim=1, keepdim=True).clamp_min(_EPS * QMAX)  # abs+amax: 20x faster than vector_norm(inf)
+    # abs().amax() is ~20x faster than linalg.vector_norm(x, inf) on this CPU
+    amax = x.abs().amax(dim=1, keepdim=True).clamp_min(_EPS * QMAX)
     x_int = torch.round(x * (QMAX / amax)).to(torch.int8)  # |x * 127 / amax| <= 127: no clamp needed
     return x_int, amax / QMAX
 
@@ -170,7 +172,8 @@ class IntegerLinear:
         weight_int = module.weight_int                        # (N, K) int8, unpacked once at load
         n = weight_int.shape[0]
         self.weight_t = weight_int.t().contiguous() if contiguous_weight else weight_int.t()
-        self.weight_scale = module.weight_scale.detach().float().reshape(-1).expand(n).contiguous()
+        scale = module.weight_scale.detach().reshape(-1)      # (N,) view, or (1,) if per-tensor
+        self.weight_scale = scale if scale.numel() == n else scale.expand(n).contiguous()
         self.kernel = functools.partial(kernel, needs_padding=True) if needs_padding else kernel
         self.min_rows = int(min_rows)
         self.calls = {"integer": 0, "float": 0}
@@ -277,7 +280,8 @@ def _linear_reason(module, min_in: int, min_out: int) -> str:
 def _activation_note(module) -> str:
     quantizer = module.input_quantizers[0]
     if isinstance(quantizer, ActivationQuantizer):
-        return f"static {quantizer.method.value} {quantizer.num_bits}-bit activation grid replaced by dynamic per-row int8"
+        return (f"static {quantizer.method.value} {quantizer.num_bits}-bit activation grid "
+                "replaced by dynamic per-row int8")
     return "activations were FP32 (weight-only file): now dynamic per-row int8 in this layer"
 
 
@@ -297,7 +301,8 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     support = probe_int_mm("cpu")
     wrappers = [(p, m) for p, m in model.named_modules() if isinstance(m, QuantizedModule)]
     if not support.available:
-        message = f"no usable integer GEMM (torch._int_mm: {support.reason}); the model keeps fake quantization"
+        message = (f"no usable integer GEMM (torch._int_mm: {support.reason}); "
+                   "the model keeps fake quantization")
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return IntegerKernelReport("none (fake quantization)", {},
                                    {p: message for p, _ in wrappers}, [message])

@@ -8,6 +8,7 @@ differences of a few meV survive.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -117,11 +118,14 @@ def energy_and_forces(model: nn.Module, batch: Batch, create_graph: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(M,) float64 energies in eV and (n, 3) forces -dE/dx in eV/A (autograd).
 
-    ``create_graph=True`` keeps the graph for training on forces.
+    ``create_graph=True`` keeps the graph for training on forces. A model may bring its own
+    rule (``model.compute_energy_and_forces(batch, create_graph)``), e.g. a quantized model
+    whose forces come from a different pass than its energy.
     """
+    custom = getattr(model, "compute_energy_and_forces", None)
+    if custom is not None:
+        return custom(batch, create_graph)
     positions = batch.positions.detach().requires_grad_(True)
-    from dataclasses import replace
-
     energies = model(replace(batch, positions=positions))
     (grad,) = torch.autograd.grad(energies.sum(), positions, create_graph=create_graph)
     return energies, -grad

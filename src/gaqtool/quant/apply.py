@@ -9,7 +9,9 @@ inputs are quantized).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -17,12 +19,13 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from gaqtool.config import QuantConfig
+from gaqtool.config import ForceMode, QuantConfig
 from gaqtool.models.convolution import ChannelwiseConvolution
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 
-__all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS"]
+__all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS",
+           "activation_rounding_off", "conservative_energy_and_forces"]
 
 
 def _scalars(n: int) -> o3.Irreps:
@@ -114,6 +117,8 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
             "inputs": [str(i) if (i is not None and config.quantizes_activations) else None
                        for i in input_irreps],
         }
+    if config.force_mode == ForceMode.CONSERVATIVE and config.quantizes_activations:
+        model.compute_energy_and_forces = types.MethodType(conservative_energy_and_forces, model)
     for name, tensor in model.state_dict().items():
         if name.endswith("_int") or name.endswith("_scale") or ".input_quantizers." in name:
             continue
@@ -131,6 +136,34 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
 
 def activation_quantizers(model: nn.Module) -> list[ActivationQuantizer]:
     return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+
+
+@contextlib.contextmanager
+def activation_rounding_off(model: nn.Module):
+    """Temporarily run ``model`` with every activation quantizer passing values through."""
+    quantizers = activation_quantizers(model)
+    modes = [q.mode for q in quantizers]
+    for q in quantizers:
+        q.mode = "off"
+    try:
+        yield model
+    finally:
+        for q, mode in zip(quantizers, modes):
+            q.mode = mode
+
+
+def conservative_energy_and_forces(model: nn.Module, batch, create_graph: bool = False):
+    """Force mode 'conservative': E_q from the activation-quantized model (no gradient), forces
+    -dE_s/dx of the same model with activation rounding off (exactly conservative)."""
+    from dataclasses import replace
+
+    with activation_rounding_off(model):
+        positions = batch.positions.detach().requires_grad_(True)
+        smooth = model(replace(batch, positions=positions))
+        (grad,) = torch.autograd.grad(smooth.sum(), positions, create_graph=create_graph)
+    with torch.no_grad():
+        energies = model(batch)
+    return energies, -grad
 
 
 @torch.no_grad()
