@@ -16,6 +16,7 @@ import torch
 
 from gaqtool import distributed
 from gaqtool.data.frames import Frames
+from gaqtool.errors import GaqtoolError
 from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
 from gaqtool.models.potential import energy_and_forces
@@ -90,7 +91,8 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
                 loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,
                 on_epoch_start: Callable[[int, list[torch.nn.Module]], None] | None = None,
                 ) -> TrainResult:
-    """Train ``model`` in place; return the EMA weights with the best validation force MAE.
+    """Train ``model`` in place; return the EMA weights with the best validation score
+    (force MAE + energy MAE per atom, weighted like the loss).
 
     ``on_step(info)`` is called after every step and every epoch (info['kind'] says which).
     ``loss_fn(model, batch)`` replaces the default energy + force loss (QAT adds terms).
@@ -115,7 +117,15 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
             e, f = energy_and_forces(m, b, create_graph=True)
             return energy_force_loss(e, f, b, options.energy_weight, options.force_weight)
 
-    best = {"force_mae_mev_a": math.inf}
+    mean_atoms = float(np.mean(val.num_atoms))
+
+    def score(metrics: dict) -> float:
+        """Validation score with the loss's weights: w_F * force MAE + w_E * energy MAE per atom."""
+        return (options.force_weight * metrics["force_mae_mev_a"]
+                + options.energy_weight * metrics["energy_mae_mev"] / mean_atoms)
+
+    best: dict[str, float] = {}
+    best_score = math.inf
     best_state, best_epoch, history = copy.deepcopy(model.state_dict()), -1, []
     start = time.perf_counter()
     for epoch in range(options.epochs):
@@ -142,13 +152,16 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "seconds": time.perf_counter() - start, **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(record)
-        if metrics["force_mae_mev_a"] < best["force_mae_mev_a"]:
-            best, best_epoch = metrics, epoch
+        if score(metrics) < best_score:
+            best, best_epoch, best_score = metrics, epoch, score(metrics)
             best_state = copy.deepcopy(ema.module.state_dict())
         if on_step:
             on_step({"kind": "epoch", **record, "best_epoch": best_epoch})
         if options.max_minutes and time.perf_counter() - start > 60 * options.max_minutes:
             break
+    if not best:
+        raise GaqtoolError("training diverged: no finite validation metrics",
+                           hint="lower --lr (or --qat-lr), or check the data for outliers")
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, best_epoch, best, history, time.perf_counter() - start)

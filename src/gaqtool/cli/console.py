@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["console", "progress", "print_json", "progress_enabled"]
+__all__ = ["console", "progress", "print_json", "progress_enabled", "training_callback"]
 
 console = Console(stderr=True)
 
@@ -33,3 +33,22 @@ def print_json(data: Any) -> None:
     """Write one JSON document ``{"data": ...}`` to stdout."""
     sys.stdout.write(json.dumps({"data": data}, indent=2, default=float) + "\n")
     sys.stdout.flush()
+
+
+def training_callback(bar: Progress, task, prefix: str):
+    """``on_step`` for ``train_model``: advance ``bar`` per step, show validation MAE; when bars
+    are off (not a TTY, CI), print one line per epoch instead (main process only)."""
+    from gaqtool import distributed
+
+    last = {"val": ""}
+
+    def on_step(info: dict) -> None:
+        if info["kind"] == "step":
+            bar.update(task, advance=1, info=f"loss {info['loss']:.2e} {last['val']}")
+            return
+        last["val"] = f"| val E {info['val_energy_mae_mev']:.1f} meV F {info['val_force_mae_mev_a']:.1f} meV/A"
+        if not bar.live.is_started and distributed.is_main():
+            console.print(f"{prefix} {info['epoch']}: loss {info['train_loss']:.3e} {last['val']} "
+                          f"({info['seconds']:.0f} s)", highlight=False)
+
+    return on_step

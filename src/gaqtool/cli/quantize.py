@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig
@@ -42,15 +42,7 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
     val = resolve_data(data or "rmd17", "val", rmd17_dir, molecule)
     steps = options.epochs * -(-(len(train.frames) // distributed.world_size()) // options.batch_size)
     task = bar.add_task("QAT", total=steps, info="")
-    last = {"text": ""}
-
-    def on_step(info):
-        if info["kind"] == "step":
-            bar.update(task, advance=1, info=f"loss {info['loss']:.2e} {last['text']}")
-        else:
-            last["text"] = (f"| val E {info['val_energy_mae_mev']:.1f} meV F {info['val_force_mae_mev_a']:.1f} meV/A")
-            if not bar.live.is_started and distributed.is_main():
-                console.print(f"QAT epoch {info['epoch']}: {last['text']}", highlight=False)
+    on_step = training_callback(bar, task, "QAT epoch")
 
     result = run_qat(loaded.model, config, train.frames, val.frames, calib.frames, options, on_step)
     summary = {"options": options.__dict__, "train_data": train.note, "best_epoch": result.best_epoch,

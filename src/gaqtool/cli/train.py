@@ -12,12 +12,13 @@ import torch
 import typer
 from rich.table import Table
 
+from gaqtool import distributed
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
-from gaqtool.io.checkpoint import save_checkpoint
+from gaqtool.io.checkpoint import load_checkpoint_model, save_checkpoint
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
 from gaqtool.models.potential import DEFAULT_CONFIG, build_model
 from gaqtool.training import TrainOptions, fit_energy_shift, force_rms, train_model
@@ -50,16 +51,22 @@ def train(
     attention: Annotated[str, typer.Option("--attention", help="Attention logits: 'cosine' (normalized q/k with learned temperature) or 'dot'.")] = "cosine",
     train_frames_limit: Annotated[Optional[int], typer.Option("--train-frames", min=1, help="Use only the first N training frames (quick runs).")] = None,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.1, help="Stop after this many minutes (best checkpoint so far is kept).")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this FP32 checkpoint (its architecture and weights; architecture options are ignored), e.g. for a second stage with a higher --energy-weight.")] = None,
     rmd17_dir: Rmd17DirOption = None,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Train an FP32 equivariant attention potential; writes a checkpoint with test metrics."""
+    """Train an FP32 equivariant attention potential; writes a checkpoint with test metrics.
+
+    Launched by torchrun (e.g. `torchrun --nproc-per-node 2 -m gaqtool train ...`), training is
+    data-parallel (gloo on CPU, nccl on GPU) and only rank 0 writes the checkpoint.
+    """
     if attention not in ("cosine", "dot"):
         raise InputError(f"--attention must be 'cosine' or 'dot', got '{attention}'")
     if threads:
         torch.set_num_threads(threads)
+    distributed.init_from_env()  # data-parallel when launched by torchrun
     torch.manual_seed(seed)
     train_sel = resolve_data(data, "train", rmd17_dir)
     val_sel = resolve_data(data, "val", rmd17_dir)
@@ -69,28 +76,25 @@ def train(
     train_frames = train_sel.frames
     if train_frames_limit:
         train_frames = train_frames.subset(range(min(train_frames_limit, len(train_frames))))
-    config = _model_config(train_frames, {"num_channels": channels, "lmax": lmax, "num_layers": layers,
-                                          "cutoff": cutoff, "attention": attention})
-    model = build_model(config)
+    if init is not None:
+        model, parent = load_checkpoint_model(init)
+        model.train()
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    else:
+        config = _model_config(train_frames, {"num_channels": channels, "lmax": lmax, "num_layers": layers,
+                                              "cutoff": cutoff, "attention": attention})
+        model = build_model(config)
     options = TrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                            force_weight=force_weight, energy_weight=energy_weight, seed=seed,
                            max_minutes=max_minutes)
     steps = epochs * -(-len(train_frames) // batch_size)
     with progress(json_output, transient=False) as bar:
         task = bar.add_task("training", total=steps, info="")
-        last = {"val": ""}
-
-        def on_step(info):
-            if info["kind"] == "step":
-                bar.update(task, advance=1, info=f"loss {info['loss']:.2e} {last['val']}")
-            else:
-                last["val"] = (f"| val E {info['val_energy_mae_mev']:.1f} meV "
-                               f"F {info['val_force_mae_mev_a']:.1f} meV/A")
-                if not bar.live.is_started:
-                    console.print(f"epoch {info['epoch']}: loss {info['train_loss']:.3e} {last['val']}"
-                                  f" ({info['seconds']:.0f} s)", highlight=False)
-
+        on_step = training_callback(bar, task, "epoch")
         result = train_model(model, train_frames, val_sel.frames, options, on_step)
+    if not distributed.is_main():
+        return
     test_metrics = {}
     if test_sel is not None:
         test_metrics = accuracy_metrics(predict(result.model, test_sel.frames), test_sel.frames)
@@ -100,6 +104,9 @@ def train(
         "num_val": len(val_sel.frames), "options": options.__dict__, "best_epoch": result.best_epoch,
         "best_val": result.best_val, "seconds": result.seconds, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": str(torch.__version__),
+        "processes": distributed.world_size(),
+        "init": str(init) if init else None,
+        "previous_training": json.dumps(parent["training"], default=str) if init else None,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": json.dumps(result.history),
     }
     save_checkpoint(output, result.model, training, test_metrics)
