@@ -87,6 +87,9 @@ class QuantConfig:
     direction_bits:   bits per component for MDDQ 'component' directions
     codebook_size:    points of the spherical codebook for 'codebook' directions (l=1)
     keep_fp32:        fnmatch patterns of module paths left in FP32
+    energy_correction: shift the per-atom energy by the mean (FP32 - quantized) energy per atom
+                      on the calibration frames (label-free bias correction; rounding errors of
+                      21 atomic energies add up to a near-constant offset)
     """
 
     weight_bits: int = 4
@@ -101,6 +104,7 @@ class QuantConfig:
     calib_frames: int = 32
     keep_fp32: tuple[str, ...] = field(default_factory=tuple)
     force_mode: ForceMode = ForceMode.STE
+    energy_correction: bool = True
     seed: int = 0
     version: int = QUANT_CONFIG_VERSION
 

@@ -49,7 +49,24 @@ def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Fra
     frames = calibration.subset(range(min(config.calib_frames, len(calibration))))
     calibrate(model, iterate_batches(frames, 8, model.cutoff), lambda m, b: m(b),
               (lambda b: on_progress(b.num_molecules)) if on_progress else None)
+    if config.energy_correction and hasattr(model, "energy_shift"):
+        correct_energy_offset(fp32, model, frames)
     return model, plan
+
+
+@torch.no_grad()
+def correct_energy_offset(fp32: torch.nn.Module, quantized: torch.nn.Module, frames: Frames) -> float:
+    """Add the mean (FP32 - quantized) energy per atom on ``frames`` to every element's energy
+    shift of ``quantized`` (its config too, so the file rebuilds it). Returns the offset in eV/atom."""
+    differences = []
+    for batch in iterate_batches(frames, 8, quantized.cutoff):
+        natoms = batch.num_atoms_per_molecule.to(torch.float64)
+        differences.append((fp32(batch) - quantized(batch)) / natoms)
+    offset = float(torch.cat(differences).mean())
+    quantized.energy_shift += offset
+    quantized.config["energy_shift"] = {str(z): float(v) for z, v in
+                                        zip(quantized.config["species"], quantized.energy_shift.tolist())}
+    return offset
 
 
 def evaluate_pair(fp32: torch.nn.Module, quantized: torch.nn.Module, frames: Frames,

@@ -169,3 +169,20 @@ def test_conservative_force_mode_is_the_gradient_of_the_unrounded_energy(train_f
             numeric = -(smooth(plus) - smooth(minus)) / (2 * h)
             assert numeric == pytest.approx(float(f_con[atom, axis]), rel=1e-4, abs=1e-8)
     assert all(q.mode == "quantize" for q in activation_quantizers(conservative))
+
+
+def test_energy_correction_matches_the_parent_on_calibration_frames(train_frames, tmp_path):
+    from gaqtool.io.safetensors_io import load_quantized, save_quantized
+    from gaqtool.metrics.accuracy import predict
+
+    fp32 = make_tiny_model()
+    frames = train_frames.subset(range(8))
+    plain, _ = quantize_loaded(fp32, QuantConfig.from_preset("w2a8", calib_frames=8, energy_correction=False), frames)
+    config = QuantConfig.from_preset("w2a8", calib_frames=8)
+    corrected, plan = quantize_loaded(fp32, config, frames)
+    reference = predict(fp32, frames).energies
+    gap_plain = abs(float((predict(plain, frames).energies - reference).mean()))
+    gap_corrected = abs(float((predict(corrected, frames).energies - reference).mean()))
+    assert gap_corrected < 1e-6 < gap_plain
+    reloaded = load_quantized(save_quantized(tmp_path / "c.safetensors", corrected, config, plan, "0" * 64))
+    assert (predict(reloaded, frames).energies == predict(corrected, frames).energies).all()

@@ -27,12 +27,13 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(
 
 
 def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
-                 codebook_size, calib_frames, keep_fp32, force_mode, seed) -> QuantConfig:
+                 codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True) -> QuantConfig:
     """QuantConfig from command-line values (shared with QAT)."""
     return QuantConfig.from_preset(
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
-        calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed)
+        calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed,
+        energy_correction=energy_correction)
 
 
 def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions):
@@ -71,6 +72,7 @@ def quantize(
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
     keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'.")] = None,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="How forces of activation-quantized models are computed: ste (autograd with straight-through rounding) or conservative (gradient of the model with activation rounding off; energy still quantized).")] = ForceMode.STE,
+    energy_correction: Annotated[bool, typer.Option("--energy-correction/--no-energy-correction", help="Shift the per-atom energy so the quantized model's mean energy on the calibration frames equals the FP32 parent's (label-free bias correction).")] = True,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
     data: Annotated[Optional[str], typer.Option("--data", help="QAT training data: rmd17:<molecule> (950 train / 50 val of split 01) or a file. Default: the model's molecule.")] = None,
     vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 2,
@@ -98,7 +100,7 @@ def quantize(
     if output.suffix != ".safetensors":
         raise InputError(f"--output must end in .safetensors, got '{output}'")
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
-                          codebook_size, calib_frames, keep_fp32, force_mode, seed)
+                          codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle)
     if loaded.kind != "fp32":
