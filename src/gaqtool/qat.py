@@ -28,7 +28,7 @@ from gaqtool.quant.modules import QuantizedModule
 from gaqtool.quant.primitives import fake_quantize_lsq, quantize
 from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_storage_precision
 from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
-from gaqtool.workflow import quantize_loaded
+from gaqtool.workflow import correct_energy_offset, quantize_loaded
 
 __all__ = ["QATOptions", "prepare_qat", "convert_qat", "set_vector_quantization", "run_qat"]
 
@@ -142,6 +142,9 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,
                                  final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed)
-    result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule)
+    result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,
+                         select_from_epoch=options.vector_warmup)
     convert_qat(result.model)
+    if config.energy_correction:
+        correct_energy_offset(fp32, result.model, calibration.subset(range(min(config.calib_frames, len(calibration)))))
     return result

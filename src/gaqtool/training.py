@@ -90,13 +90,15 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
                 on_step: Callable[[dict], None] | None = None,
                 loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,
                 on_epoch_start: Callable[[int, list[torch.nn.Module]], None] | None = None,
-                ) -> TrainResult:
+                select_from_epoch: int = 0) -> TrainResult:
     """Train ``model`` in place; return the EMA weights with the best validation score
     (force MAE + energy MAE per atom, weighted like the loss).
 
     ``on_step(info)`` is called after every step and every epoch (info['kind'] says which).
     ``loss_fn(model, batch)`` replaces the default energy + force loss (QAT adds terms).
     ``on_epoch_start(epoch, [model, ema_model])`` runs before each epoch (QAT schedules).
+    Only epochs >= ``select_from_epoch`` can be selected (QAT: after the vector warm-up, when the
+    trained numerics equal the deployed ones).
     Under ``torchrun`` every process trains on its shard of each epoch and gradients are
     averaged, so all processes hold the same parameters.
     """
@@ -152,7 +154,7 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "seconds": time.perf_counter() - start, **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(record)
-        if score(metrics) < best_score:
+        if epoch >= min(select_from_epoch, options.epochs - 1) and score(metrics) < best_score:
             best, best_epoch, best_score = metrics, epoch, score(metrics)
             best_state = copy.deepcopy(ema.module.state_dict())
         if on_step:
