@@ -50,7 +50,7 @@ def _weight_hook(module: QuantizedModule, _inputs) -> None:
     """Forward pre-hook: install LSQ fake-quantized weights into the wrapped module."""
     for name in module.weight_names:
         weight = getattr(module, f"qat_{name}")
-        scales = getattr(module, f"qat_{name}_scale")[getattr(module, f"qat_{name}_index")]
+        scales = getattr(module, f"qat_{name}_log_scale").exp()[getattr(module, f"qat_{name}_index")]
         zero = torch.zeros((), dtype=torch.int32)
         module.inner._buffers[name] = fake_quantize_lsq(weight, scales, zero, module.weight_bits, symmetric=True)
 
@@ -65,18 +65,18 @@ def prepare_qat(fp32: nn.Module, config: QuantConfig, calibration: Frames,
             for name in module.weight_names:
                 original = originals[f"{path}.{name}"].detach().clone().float()
                 module.register_parameter(f"qat_{name}", nn.Parameter(original))
-                module.register_parameter(f"qat_{name}_scale",
-                                          nn.Parameter(getattr(module, f"{name}_scale").clone()))
+                module.register_parameter(f"qat_{name}_log_scale",
+                                          nn.Parameter(getattr(module, f"{name}_scale").clone().log()))
                 module.register_buffer(f"qat_{name}_index", scale_index_map(
                     module.inner, name, module.group_size, module.per_tensor), persistent=False)
             if module.weight_names:
                 module._qat_hook = module.register_forward_pre_hook(_weight_hook)
         if isinstance(module, ActivationQuantizer) and module.mode == "quantize":
+            if module.method.value != "gaq":
+                continue  # naive grids are not learned (one per-tensor scale, kept as calibrated)
             module.learnable, module.tangent_projection = True, tangent_projection
-            for key in ("scalar_scale", "norm_scale"):
-                if key in module._buffers:
-                    value = module._buffers.pop(key)
-                    module.register_parameter(key, nn.Parameter(value.clone()))
+            for key in ("scalar_scale", "norm_scale"):  # learned as log-scales: positive, relative steps
+                module.register_parameter(f"log_{key}", nn.Parameter(getattr(module, key).clone().log()))
     return model
 
 
@@ -96,7 +96,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
             del module._qat_hook
             for name in module.weight_names:
                 weight = module._parameters.pop(f"qat_{name}").detach()
-                scales = to_storage_precision(module._parameters.pop(f"qat_{name}_scale").detach().abs())
+                scales = to_storage_precision(module._parameters.pop(f"qat_{name}_log_scale").detach().exp())
                 index = module._buffers.pop(f"qat_{name}_index")
                 zero = torch.zeros((), dtype=torch.int32)
                 values = quantize(weight, scales[index], zero, module.weight_bits, symmetric=True).to(torch.int8)
@@ -107,9 +107,8 @@ def convert_qat(model: nn.Module) -> nn.Module:
         if isinstance(module, ActivationQuantizer):
             module.learnable, module.quantize_vectors = False, True
             for key in ("scalar_scale", "norm_scale"):
-                if key in module._parameters:
-                    value = to_storage_precision(module._parameters.pop(key).detach().abs())
-                    module.register_buffer(key, value.clone())
+                if f"log_{key}" in module._parameters:
+                    getattr(module, key).copy_(to_storage_precision(module._parameters.pop(f"log_{key}").detach().exp()))
     return model.eval()
 
 

@@ -107,13 +107,14 @@ class ActivationQuantizer(nn.Module):
         if self.method == Method.NAIVE:
             zero = torch.zeros((), dtype=torch.int32)
             return fake_quantize(x, self.tensor_scale.reshape(()), zero, self.num_bits, symmetric=True)
+        scalar_scale, norm_scale = self._scales()
         blocks, out = split_blocks(x, self.irreps), []
         scalar_offset = vector_offset = 0
         for (mul, ir), block in zip(self.irreps, blocks):
             if ir.l == 0:
                 sl = slice(scalar_offset, scalar_offset + mul)
                 quantizer = fake_quantize_lsq if self.learnable else fake_quantize
-                out.append(quantizer(block[..., 0], self.scalar_scale[sl], self.scalar_zero_point[sl],
+                out.append(quantizer(block[..., 0], scalar_scale[sl], self.scalar_zero_point[sl],
                                      self.num_bits, symmetric=False).unsqueeze(-1))
                 scalar_offset += mul
             elif not self.quantize_vectors:
@@ -121,7 +122,7 @@ class ActivationQuantizer(nn.Module):
                 vector_offset += mul
             elif self.learnable:
                 sl = slice(vector_offset, vector_offset + mul)
-                out.append(self._mddq_learnable(block, ir.l, sl))
+                out.append(self._mddq_learnable(block, ir.l, norm_scale[sl]))
                 vector_offset += mul
             else:
                 sl = slice(vector_offset, vector_offset + mul)
@@ -134,7 +135,14 @@ class ActivationQuantizer(nn.Module):
                 vector_offset += mul
         return merge_blocks(out, self.irreps)
 
-    def _mddq_learnable(self, block: torch.Tensor, l: int, sl: slice) -> torch.Tensor:
+    def _scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scalar_scale, norm_scale); in QAT exp() of learned log-scales, so steps stay positive
+        and Adam's updates are relative."""
+        if self.learnable:
+            return self.log_scalar_scale.exp(), self.log_norm_scale.exp()
+        return self.scalar_scale, self.norm_scale
+
+    def _mddq_learnable(self, block: torch.Tensor, l: int, norm_scale: torch.Tensor) -> torch.Tensor:
         """MDDQ for QAT: LSQ on the norm (its step size learns), straight-through direction.
 
         With ``tangent_projection`` the straight-through estimator acts on the unit direction
@@ -144,7 +152,7 @@ class ActivationQuantizer(nn.Module):
         # smooth norm: finite first and second derivatives at v = 0 (l>0 features start at zero)
         norm = torch.sqrt((block * block).sum(-1, keepdim=True) + 1e-12)
         zero = torch.zeros((), dtype=torch.int32)
-        norm_q = fake_quantize_lsq(norm, self.norm_scale[sl].unsqueeze(-1), zero, self.num_bits,
+        norm_q = fake_quantize_lsq(norm, norm_scale.unsqueeze(-1), zero, self.num_bits,
                                    symmetric=False)
         unit = block / norm.clamp_min(1e-12)
         with torch.no_grad():
