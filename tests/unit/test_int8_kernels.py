@@ -29,7 +29,7 @@ from gaqtool.quant.modules import QuantizedModule  # noqa: E402
 from gaqtool.workflow import quantize_loaded  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402
 
-ALL_LAYERS = dict(compile=False, min_in_features=1, min_out_features=1, min_rows=1)
+ALL_LAYERS = dict(compile=False, min_in_features=1, min_out_features=1, min_macs=1)
 
 
 def fake_quant_rows(x: torch.Tensor) -> torch.Tensor:
@@ -126,9 +126,10 @@ def frames():
 def models(frames):
     fp32 = make_tiny_model()
     return {"fp32": fp32,
-            "w4a8": quantize_loaded(fp32, QuantConfig.from_preset("w4a8"), frames)[0],
-            "w4": quantize_loaded(fp32, QuantConfig.from_preset("w4"), frames)[0],
-            "naive-w8a8": quantize_loaded(fp32, QuantConfig.from_preset("w8a8", method=Method.NAIVE),
+            "w4a8": quantize_loaded(fp32, QuantConfig.from_preset("w4a8", energy_correction=False), frames)[0],
+            "w4": quantize_loaded(fp32, QuantConfig.from_preset("w4", energy_correction=False), frames)[0],
+            "w8a8": quantize_loaded(fp32, QuantConfig.from_preset("w8a8", energy_correction=False), frames)[0],
+            "naive-w8a8": quantize_loaded(fp32, QuantConfig.from_preset("w8a8", method=Method.NAIVE, energy_correction=False),
                                           frames)[0]}
 
 
@@ -148,7 +149,7 @@ def _integer_and_reference(model):
     return integer, reference, report
 
 
-@pytest.mark.parametrize("preset", ["w4a8", "w4", "naive-w8a8"])  # naive: per-tensor weight scale
+@pytest.mark.parametrize("preset", ["w4a8", "w4", "w8a8", "naive-w8a8"])  # naive: per-tensor scale
 def test_potential_integer_path_matches_float_reference_and_fake_quant(models, frames, preset):
     integer, reference, report = _integer_and_reference(models[preset])
     linears = [p for p, m in integer.named_modules()
@@ -166,9 +167,14 @@ def test_potential_integer_path_matches_float_reference_and_fake_quant(models, f
     # same numerics as the float per-row reference: eV and eV/A, float32 accumulation noise
     torch.testing.assert_close(e_int, e_ref, rtol=0, atol=2e-4)
     torch.testing.assert_close(f_int, f_ref, rtol=0, atol=2e-4)
-    # vs the fake-quant model (static grid): the change is small next to the quantization error
-    assert (e_int - e_fq).abs().max() <= 0.1 * (e_fq - e_fp).abs().max()
-    assert (f_int - f_fq).abs().max() <= 0.3 * (f_fq - f_fp).abs().max()
+    # accuracy vs FP32 stays of the fake-quant model's order: the symmetric per-row grid spends one
+    # bit on the sign of one-sided (SiLU) inputs, so at w8a8 its error can be up to ~2x the static
+    # asymmetric per-channel grid's; at 4-bit weights the weight error dominates
+    assert (e_int - e_fp).abs().max() <= 2.5 * (e_fq - e_fp).abs().max() + 1e-3
+    assert (f_int - f_fp).abs().max() <= 2.5 * (f_fq - f_fp).abs().max() + 1e-3
+    if preset.startswith("w4"):  # the change is small next to the quantization error itself
+        assert (e_int - e_fq).abs().max() <= 0.1 * (e_fq - e_fp).abs().max()
+        assert (f_int - f_fq).abs().max() <= 0.3 * (f_fq - f_fp).abs().max()
 
 
 def test_weight_only_integer_forces_are_ste_gradients(models, frames):
@@ -206,10 +212,11 @@ def test_rotation_invariance_of_integer_path(models, frames):
     k8.enable_integer_kernels(integer, **ALL_LAYERS)
     batch = make_batch(frames, [0], integer.cutoff)
     rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(3)))[0]
+    rotated = replace(batch, positions=batch.positions @ rotation.t())
     e, f = energy_and_forces(integer, batch)
-    e_rot, f_rot = energy_and_forces(integer, replace(batch, positions=batch.positions @ rotation.t()))
+    e_rot, f_rot = energy_and_forces(integer, rotated)
     e_fq, _ = energy_and_forces(models["w4a8"], batch)
-    e_fq_rot, _ = energy_and_forces(models["w4a8"], replace(batch, positions=batch.positions @ rotation.t()))
+    e_fq_rot, _ = energy_and_forces(models["w4a8"], rotated)
     # no worse than the fake-quant model (whose MDDQ direction rounding sets the floor), + 1 meV
     assert (e_rot - e).abs().item() <= (e_fq_rot - e_fq).abs().item() + 1e-3
     assert (f_rot - f @ rotation.t()).abs().max() <= 0.1 * f.abs().max()
@@ -236,7 +243,7 @@ def test_failed_compile_falls_back_to_eager_with_warning(models, frames, monkeyp
 
     monkeypatch.setattr(torch, "compile", failing_compile)
     model = copy.deepcopy(models["w4a8"])
-    k8.enable_integer_kernels(model, compile=True, min_in_features=1, min_out_features=1, min_rows=1)
+    k8.enable_integer_kernels(model, compile=True, min_in_features=1, min_out_features=1, min_macs=1)
     batch = make_batch(frames, [0], model.cutoff)
     with pytest.warns(RuntimeWarning, match="torch.compile of the int8 kernel failed"):
         energy = model(batch)
@@ -247,7 +254,7 @@ def test_failed_compile_falls_back_to_eager_with_warning(models, frames, monkeyp
 
 def test_small_inputs_and_thresholds_keep_fake_quant(models, frames):
     model = copy.deepcopy(models["w4a8"])
-    report = k8.enable_integer_kernels(model, compile=False, min_rows=10**6)
+    report = k8.enable_integer_kernels(model, compile=False, min_macs=10**12)
     assert "radial.hidden.0" in " ".join(report.kept) and "K=8" in " ".join(report.kept.values())
     batch = make_batch(frames, [0], model.cutoff)
     torch.testing.assert_close(model(batch), models["w4a8"](batch), rtol=0, atol=0)
