@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--cluster-molecules", type=int, default=48)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--layers", action="store_true", help="also the per-layer kernel table")
+    parser.add_argument("--layers-only", action="store_true", help="only the per-layer kernel table")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -127,6 +129,11 @@ def main() -> None:
         fp32, quantized, note = _load_pair(fp32_path, quantized_path)
         systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, args.batch_size,
                                 args.cluster_molecules, 8.0)
+        if args.layers_only:
+            print(f"Per-layer kernels ({note}; rows of the {args.batch_size}-aspirin batch, "
+                  f"{torch.get_num_threads()} threads, median microseconds):\n")
+            print(layer_table(quantized, systems[1][1]))
+            return
         configs = [c for c in args.configs.split(",") if index == 0 or c != "bf16"]
         data = {"cpu": cpu_description(), "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "fp32_model": str(fp32.path), "quantized": note,
@@ -134,9 +141,11 @@ def main() -> None:
                 "systems": [{"name": n, "atoms": len(b.numbers), "edges": len(b.edge_src),
                              "description": d} for n, b, d in systems]}
         data.update(run_benchmark(fp32.model, quantized, systems, configs, args.repeats,
-                                  args.warmup, memory=True))
+                                  args.warmup, memory=True,
+                                  on_step=lambda step: print(f"[{time.strftime('%H:%M:%S')}] {step}",
+                                                             file=sys.stderr, flush=True)))
         results.append(data)
-        print(markdown_table(data))
+        print(markdown_table(data), flush=True)
         for name, report in data["integer_kernels"].items():
             print(f"\n{name}: {report['backend']}; int8 layers: {', '.join(report['switched']) or 'none'}")
         print()

@@ -112,8 +112,8 @@ def peak_allocated_bytes(run: Callable[[], object]) -> int:
     return peak
 
 
-def measure(model, batch, repeats: int, warmup: int, autocast: bool, memory: bool) -> dict:
-    """Median wall time of energy + forces (warm-up excluded), first-call time, peak memory."""
+def energy_forces_call(model, batch, autocast: bool) -> Callable[[], tuple]:
+    """A function running energy + forces once: ((M,) float64 eV, (n, 3) float32 eV/A)."""
     import torch
 
     from gaqtool.models.potential import energy_and_forces
@@ -124,23 +124,19 @@ def measure(model, batch, repeats: int, warmup: int, autocast: bool, memory: boo
             energies, forces = energy_and_forces(model, batch)
         return energies.detach(), forces.detach().float()
 
-    started = time.perf_counter()
-    energies, forces = run()
-    first = time.perf_counter() - started
-    for _ in range(max(0, warmup - 1)):
-        run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    out = {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats,
-           "first_call_s": first, "model_bytes": model_tensor_bytes(model),
-           "energies": energies, "forces": forces}
-    if memory:
-        out["peak_activation_bytes"] = peak_allocated_bytes(run)
-        out["peak_bytes"] = out["model_bytes"] + out["peak_activation_bytes"]
-    return out
+    return run
+
+
+def time_round_robin(runs: dict[str, Callable], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call: each repeat runs every configuration once, in a rotating order, so that
+    background load and clock changes hit all configurations alike."""
+    names, times = list(runs), {name: [] for name in runs}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            started = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def build_configs(fp32, quantized, configs: list[str]) -> tuple[dict, dict]:
@@ -161,26 +157,39 @@ def build_configs(fp32, quantized, configs: list[str]) -> tuple[dict, dict]:
 
 def run_benchmark(fp32, quantized, systems, configs: list[str], repeats: int, warmup: int,
                   memory: bool, on_step: Callable[[str], None] | None = None) -> dict:
-    """Every configuration on every system; errors of a configuration are recorded, not raised."""
+    """Every configuration on every system: first call (accuracy vs fp32, compile time),
+    warm-up, round-robin timing, then one profiled call for memory. A configuration that fails
+    (e.g. an op without a bf16 kernel) is recorded as failed, not raised."""
     models, reports = build_configs(fp32, quantized, configs)
-    results, reference = [], {}
+    results = []
     for system, batch, _ in systems:
+        rows, runs = {}, {}
         for name, (model, autocast) in models.items():
             if on_step:
                 on_step(f"{name} on {system}")
-            row = {"config": name, "system": system}
+            run, row = energy_forces_call(model, batch, autocast), {"config": name, "system": system}
             try:
-                m = measure(model, batch, repeats, warmup, autocast, memory)
-            except RuntimeError as exc:  # e.g. an op without a bf16 kernel under autocast
+                started = time.perf_counter()
+                energies, forces = run()
+                row["first_call_s"] = time.perf_counter() - started
+                for _ in range(max(0, warmup - 1)):
+                    run()
+            except RuntimeError as exc:
                 row.update(status=f"failed: {str(exc).splitlines()[0][:160]}", median_s=None)
                 results.append(row)
                 continue
-            energies, forces = m.pop("energies"), m.pop("forces")
-            reference.setdefault(system, (energies, forces))
-            e0, f0 = reference[system]
-            row.update(status="ok", **m,
+            e0, f0 = rows["fp32"]["_out"] if "fp32" in rows else (energies, forces)
+            row.update(status="ok", _out=(energies, forces), model_bytes=model_tensor_bytes(model),
                        max_abs_energy_error_meV=float((energies - e0).abs().max()) * 1e3,
                        max_abs_force_error_meV_per_A=float((forces - f0).abs().max()) * 1e3)
+            rows[name], runs[name] = row, run
+        for name, times in time_round_robin(runs, repeats).items():
+            rows[name].update(median_s=statistics.median(times), min_s=min(times), repeats=repeats)
+        for name, row in rows.items():
+            row.pop("_out")
+            if memory:
+                row["peak_activation_bytes"] = peak_allocated_bytes(runs[name])
+                row["peak_bytes"] = row["model_bytes"] + row["peak_activation_bytes"]
             results.append(row)
     return {"results": results, "ratios": _ratios(results), "integer_kernels": reports}
 
@@ -229,10 +238,12 @@ def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path]):
 
 
 def _render(data: dict) -> None:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"energy + forces, {data['threads']} threads, {data['cpu']}")
-    for col in ("system", "config", "median ms", "speedup", "peak MB", "memory", "max dE meV", "max dF meV/A"):
+    table = Table(title=f"energy + forces, {data['threads']} threads, {data['cpu']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("system", "config", "ms", "x fp32", "MB", "mem", "dE", "dF"):
         table.add_column(col, justify="left" if col in ("system", "config") else "right", no_wrap=True)
     for r in data["results"]:
         ratio = data["ratios"].get(r["config"], {}).get(r["system"], {})
@@ -245,9 +256,9 @@ def _render(data: dict) -> None:
                       f"{ratio['memory']:.2f}x" if "memory" in ratio else ("1" if not ratio else "-"),
                       f"{r['max_abs_energy_error_meV']:.2f}", f"{r['max_abs_force_error_meV_per_A']:.2f}")
     console.print(table)
-    console.print(f"[dim]quantized: {data['quantized']}; median of {data['repeats']} runs after "
-                  f"{data['warmup']} warm-up; memory = model tensors + peak allocated during one call[/]",
-                  highlight=False)
+    console.print(f"[dim]quantized: {data['quantized']}. ms: median of {data['repeats']} runs after "
+                  f"{data['warmup']} warm-up; x fp32: speedup; MB: model tensors + peak allocated "
+                  "during one call; mem: vs fp32; dE (meV), dF (meV/A): max deviation from fp32[/]", highlight=False)
 
 
 @app.command()

@@ -37,7 +37,7 @@ from gaqtool.quant.modules import QuantizedModule
 __all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operands",
            "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
            "make_kernel", "enable_integer_kernels", "disable_integer_kernels",
-           "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_ROWS"]
+           "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_MACS"]
 
 QMAX = 127
 _EPS = 1e-12  # smallest row scale: an all-zero row quantizes to zeros
@@ -163,11 +163,12 @@ class IntegerLinear:
     Holds only derived data (not an nn.Module, so nothing enters the state dict or the file):
       weight_t:     (K, N) int8, the wrapper's ``weight_int`` transposed (view or contiguous copy)
       weight_scale: (N,) float32 per output channel (a per-tensor scale is expanded)
-      min_rows:     inputs with fewer rows run the fake-quant float path (no speed gain there)
+      min_macs:     calls with fewer multiply-accumulates (rows x K x N) run the fake-quant float
+                    path: the compiled kernel's fixed cost (~25 us) exceeds the GEMM saving there
     ``__call__(module, x (..., K))`` -> (..., N) float32.
     """
 
-    def __init__(self, module: torch.nn.Module, kernel: Callable, min_rows: int,
+    def __init__(self, module: torch.nn.Module, kernel: Callable, min_macs: int,
                  needs_padding: bool = False, contiguous_weight: bool = False):
         weight_int = module.weight_int                        # (N, K) int8, unpacked once at load
         n = weight_int.shape[0]
@@ -175,13 +176,13 @@ class IntegerLinear:
         scale = module.weight_scale.detach().reshape(-1)      # (N,) view, or (1,) if per-tensor
         self.weight_scale = scale if scale.numel() == n else scale.expand(n).contiguous()
         self.kernel = functools.partial(kernel, needs_padding=True) if needs_padding else kernel
-        self.min_rows = int(min_rows)
+        self.min_macs = int(min_macs)
         self.calls = {"integer": 0, "float": 0}
 
     def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         inner = module.inner
         rows = x.numel() // max(1, x.shape[-1])
-        if rows < self.min_rows or x.dtype != torch.float32:
+        if rows * inner.weight.numel() < self.min_macs or x.dtype != torch.float32:
             self.calls["float"] += 1
             return inner(module.input_quantizers[0](x))   # exactly the fake-quant path
         self.calls["integer"] += 1
@@ -193,13 +194,13 @@ class IntegerLinear:
 
 # --- switching a model ---------------------------------------------------------------------
 
-# Measured on the 2-core AVX512-VNNI CPU (see benchmarks/bench_inference.py --layers): with
-# compiled quant/dequant, the int8 GEMM beats fp32 addmm for K = N = 64 over >= ~128 rows; for
-# K = 8 (radial basis) or K = 32, N <= 64 (attention, readout over atoms) the activation
-# quantization costs more than the GEMM saves.
+# Measured on the 2-core AVX512-VNNI CPU (benchmarks/bench_inference.py --layers): with compiled
+# quant/dequant, the int8 GEMM beats fp32 addmm for K = N = 64 from ~600 rows and for K = 64,
+# N = 416 from ~64 rows (a fixed ~25 us per call); for K = 8 (radial basis) or K = 32, N <= 64
+# (attention, readout over atoms) the activation quantization costs more than the GEMM saves.
 MIN_IN_FEATURES = 64
 MIN_OUT_FEATURES = 64
-MIN_ROWS = 128
+MIN_MACS = 2_500_000  # rows x K x N per call; e.g. 600 x 64 x 64 or 94 x 64 x 416
 
 _NOT_SWITCHED = {
     "o3.Linear": "inputs are MDDQ-quantized irreps: l>0 blocks are not on an integer grid and a "
@@ -219,16 +220,18 @@ class IntegerKernelReport:
     switched: module path -> what runs there now (shapes, weight bits, activation grid)
     kept:     module path -> why it still runs the fake-quant float path
     warnings: messages also issued with ``warnings.warn``
+    settings: the thresholds used (min_in_features, min_out_features, min_macs)
     """
 
     backend: str
     switched: dict[str, str] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    settings: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "switched": self.switched, "kept": self.kept,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "settings": self.settings}
 
 
 class _FirstCallFallback:
@@ -287,18 +290,20 @@ def _activation_note(module) -> str:
 
 def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
                            min_in_features: int = MIN_IN_FEATURES,
-                           min_out_features: int = MIN_OUT_FEATURES, min_rows: int = MIN_ROWS,
+                           min_out_features: int = MIN_OUT_FEATURES, min_macs: int = MIN_MACS,
                            contiguous_weight: bool = False) -> IntegerKernelReport:
     """Switch eligible ``QuantizedModule`` wrappers of ``model`` to int8 GEMMs, in place.
 
     Eligible: ``nn.Linear`` wrappers with per-output-channel (or per-tensor) weight scales and
-    K >= ``min_in_features``, N >= ``min_out_features``; at run time inputs with fewer than
-    ``min_rows`` rows take the fake-quant path. ``compile``: fuse the quant/dequant passes with
-    ``torch.compile`` (falls back to eager with a warning). ``contiguous_weight``: keep a (K, N)
-    contiguous int8 copy instead of a transposed view of the stored (N, K) weight.
+    K >= ``min_in_features``, N >= ``min_out_features``; at run time calls of fewer than
+    ``min_macs`` multiply-accumulates (rows x K x N) take the fake-quant path.
+    compile: fuse the quant/dequant passes with ``torch.compile`` (falls back to eager with a
+    warning if compilation fails). contiguous_weight: keep a (K, N) contiguous int8 copy instead
+    of a transposed view of the stored (N, K) int8 weight (measured: no faster).
     If ``torch._int_mm`` does not run here, nothing is switched and a warning is issued.
     """
-    support = probe_int_mm("cpu")
+    device = next(iter(model.buffers()), torch.empty(0)).device
+    support = probe_int_mm(device)
     wrappers = [(p, m) for p, m in model.named_modules() if isinstance(m, QuantizedModule)]
     if not support.available:
         message = (f"no usable integer GEMM (torch._int_mm: {support.reason}); "
@@ -307,7 +312,10 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
         return IntegerKernelReport("none (fake quantization)", {},
                                    {p: message for p, _ in wrappers}, [message])
     kernel = make_kernel(compile)
-    report = IntegerKernelReport("torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant")
+    backend = "torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant"
+    report = IntegerKernelReport(backend, settings={"min_in_features": min_in_features,
+                                                    "min_out_features": min_out_features,
+                                                    "min_macs": min_macs})
     for path, module in wrappers:
         module.integer_forward = None
         if module.kind != "nn.Linear":
@@ -317,7 +325,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
         if reason:
             report.kept[path] = reason
             continue
-        module.integer_forward = IntegerLinear(module, kernel, min_rows, support.needs_padding,
+        module.integer_forward = IntegerLinear(module, kernel, min_macs, support.needs_padding,
                                                contiguous_weight)
         inner = module.inner
         report.switched[path] = (f"K={inner.in_features} N={inner.out_features}, "
