@@ -54,6 +54,11 @@ def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _compact_json(value: Any) -> str:
+    """Sorted, separator-free JSON (the header stores it escaped, so every byte counts twice)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=float)
+
+
 def _canonical(data: bytes) -> bytes:
     """Rewrite the safetensors JSON header with sorted keys (safetensors orders metadata randomly)."""
     (length,) = struct.unpack("<Q", data[:8])
@@ -100,12 +105,12 @@ def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig
     metadata = {
         "gaqtool.format_version": FORMAT_VERSION,
         "gaqtool.writer": f"gaqtool {__version__}",
-        "gaqtool.model_config": json.dumps(model.config, sort_keys=True),
-        "gaqtool.quant_config": json.dumps(config.to_dict(), sort_keys=True),
-        "gaqtool.plan": json.dumps(plan.to_dict(), sort_keys=True),
-        "gaqtool.report": json.dumps({k: v for k, v in (report or {}).items()
-                                      if k not in ("modules", "unquantized_parameters")},
-                                     sort_keys=True, default=float),
+        "gaqtool.model_config": _compact_json(model.config),
+        "gaqtool.quant_config": _compact_json(config.to_dict()),
+        # module entries only: the per-parameter FP32 list is in the printed / --report report
+        "gaqtool.plan": _compact_json({"entries": plan.entries}),
+        "gaqtool.report": _compact_json({k: v for k, v in (report or {}).items()
+                                         if k not in ("modules", "unquantized_parameters")}),
         "gaqtool.source_sha256": source_sha256,
         "gaqtool.tensors_sha256": _tensors_digest(tensors),
     }
