@@ -52,7 +52,7 @@ def test_bad_input_gives_one_error_line_and_no_file(cli, tiny_checkpoint, tmp_pa
     out = tmp_path / "q.safetensors"
     result = cli("quantize", tiny_checkpoint, "-o", out, "--calib-frames", "2", *args)
     assert result.exit_code == 1
-    assert f"error: " in result.stderr and message in result.stderr
+    assert "error: " in result.stderr and message in result.stderr
     assert "Traceback" not in result.output
     assert list(tmp_path.glob("q.safetensors*")) == [] and list(tmp_path.glob(".q.safetensors*")) == []
 

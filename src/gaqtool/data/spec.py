@@ -118,7 +118,7 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
     directory = _rmd17_dir(rmd17_dir)
     if directory is None:
         if molecule != "aspirin":
-            raise DataError(f"no rMD17 directory configured, and the shipped sample is aspirin only",
+            raise DataError("no rMD17 directory configured, and the shipped sample is aspirin only",
                             hint=f"pass --rmd17-dir or set ${RMD17_ENV} to a directory with rMD17 files")
         frames = read_npz(sample_path(file_split))
         note = (f"no rMD17 directory configured (--rmd17-dir / ${RMD17_ENV}): using the shipped "
