@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,7 @@ from gaqtool.metrics.accuracy import accuracy_metrics, predict
 from gaqtool.metrics.equivariance import local_equivariance_error
 from gaqtool.quant.apply import QuantPlan, calibrate, quantize_model
 
-__all__ = ["QuantizationInputs", "quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
+__all__ = ["quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
 
 FORCE_MODE_NOTE = {
     "ste": "forces = -dE/dx by autograd with every activation rounding treated as identity in the "
@@ -29,16 +28,6 @@ FORCE_MODE_NOTE = {
     "conservative": "forces = -dE_s/dx where E_s is the model with activation rounding off (weights "
                     "quantized): exactly conservative; the reported energy is the activation-quantized one",
 }
-
-
-@dataclass
-class QuantizationInputs:
-    """Frames used by the workflow and a note on where they came from."""
-
-    calibration: Frames
-    calibration_note: str
-    evaluation: Frames
-    evaluation_note: str
 
 
 def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Frames,

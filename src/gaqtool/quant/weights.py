@@ -14,8 +14,8 @@ from torch import nn
 
 from gaqtool.quant.primitives import choose_qparams, dequantize, quantize
 
-__all__ = ["matrix_views", "quantize_parameter", "dequantize_parameter", "num_scales",
-           "expected_num_scales", "scale_index_map", "to_storage_precision"]
+__all__ = ["matrix_views", "quantize_parameter", "dequantize_parameter", "scale_index_map",
+           "to_storage_precision"]
 
 
 def matrix_views(module: nn.Module, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -50,14 +50,6 @@ def _groups(rows: int, group_size: int | None) -> list[slice]:
     if group_size is None or group_size >= rows:
         return [slice(0, rows)]
     return [slice(s, min(s + group_size, rows)) for s in range(0, rows, group_size)]
-
-
-def num_scales(view_shape: tuple[int, int], group_size: int | None, per_tensor: bool) -> int:
-    """How many scales one ``(in, out)`` matrix takes."""
-    if per_tensor:
-        return 0
-    rows, cols = view_shape
-    return len(_groups(rows, group_size)) * cols
 
 
 def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: int | None,
@@ -99,14 +91,6 @@ def dequantize_parameter(module: nn.Module, name: str, values: torch.Tensor, sca
     if offset != scales.numel():
         raise ValueError(f"{scales.numel()} scales for {offset} needed")
     return out
-
-
-def expected_num_scales(module: nn.Module, name: str, group_size: int | None, per_tensor: bool) -> int:
-    """Number of scales ``quantize_parameter`` produces for ``module.<name>``."""
-    if per_tensor:
-        return 1
-    weight = getattr(module, name)
-    return sum(num_scales(tuple(v.shape), group_size, False) for v in matrix_views(module, name, weight.detach()))
 
 
 
