@@ -19,7 +19,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from gaqtool.data.graph import Batch, radius_graph
 from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.quant.apply import energies_forces_conserved
 
 __all__ = ["GAQCalculator", "atoms_to_batch"]
 
@@ -40,7 +40,9 @@ class GAQCalculator(Calculator):
     path_or_model: a model file (.pt FP32 checkpoint or quantized .safetensors), a
                    ``LoadedModel``, a model (``nn.Module`` with ``cutoff`` and ``config``), or
                    None for the embedded aspirin model.
-    free_energy is reported equal to energy (no electronic temperature).
+    free_energy is reported equal to energy (no electronic temperature). ``results`` also holds
+    ``conserved_energy`` (eV): the potential whose gradient the forces are (differs from
+    ``energy`` only for force mode 'conservative', see ``gaqtool.quant.apply``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -79,7 +81,8 @@ class GAQCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.check_atoms(self.atoms)
         batch = atoms_to_batch(self.atoms.numbers, self.atoms.positions, self.cutoff, self.device)
-        energies, forces = energy_and_forces(self.model, batch)
+        energies, forces, conserved = energies_forces_conserved(self.model, batch)
         energy = float(energies.detach()[0].cpu())
         self.results = {"energy": energy, "free_energy": energy,
-                        "forces": forces.detach().cpu().double().numpy()}
+                        "forces": forces.detach().cpu().double().numpy(),
+                        "conserved_energy": float(conserved[0].cpu())}

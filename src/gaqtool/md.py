@@ -4,6 +4,12 @@ A quantized potential whose forces are not the gradient of its energy, or that i
 up as a drift of the total energy E_total = E_pot + E_kin. Several models can be run from the
 same start (positions and seeded Maxwell-Boltzmann velocities) and compared.
 
+Two potentials are tracked per step: the reported one (what the calculator calls ``energy``)
+and the conserved one (``conserved_energy``: the potential whose negative gradient the forces
+are). They differ only for force mode 'conservative' of an activation-quantized model, where the
+dynamics integrate E_s (activation rounding off) while E_q is reported; ``drift`` is that of the
+conserved Hamiltonian, ``reported drift`` that of E_q + E_kin, and both are always shown.
+
 Units: energies eV (reported per atom in meV), time fs/ps, temperature K, lengths Angstrom.
 """
 
@@ -49,7 +55,8 @@ class MDSettings:
 class MDResult:
     """One trajectory. Arrays have one entry per step run (step 0 included).
 
-    time_ps, potential_energy/kinetic_energy/total_energy (eV), temperature (K): (S + 1,) float64.
+    time_ps, potential_energy (reported) / conserved_potential_energy / kinetic_energy /
+    total_energy (conserved potential + kinetic) (eV), temperature (K): (S + 1,) float64.
     snapshots: Atoms every ``log_every`` steps (and the last one) with energy and forces attached.
     """
 
@@ -59,11 +66,21 @@ class MDResult:
     potential_energy: np.ndarray
     kinetic_energy: np.ndarray
     temperature: np.ndarray
+    conserved_potential_energy: np.ndarray | None = None
     blowup: str | None = None
     snapshots: list[Atoms] = field(default_factory=list)
 
     @property
     def total_energy(self) -> np.ndarray:
+        """Conserved potential + kinetic energy (eV): constant up to integrator error for
+        conservative forces."""
+        conserved = (self.potential_energy if self.conserved_potential_energy is None
+                     else self.conserved_potential_energy)
+        return conserved + self.kinetic_energy
+
+    @property
+    def reported_total_energy(self) -> np.ndarray:
+        """Reported potential + kinetic energy (eV)."""
         return self.potential_energy + self.kinetic_energy
 
     @property
@@ -71,14 +88,27 @@ class MDResult:
         return len(self.time_ps) - 1
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready numbers: drift (meV/atom/ps), max |E_total - E_total(0)| (meV/atom), ..."""
-        finite = np.isfinite(self.total_energy)
-        deviation = np.abs(self.total_energy[finite] - self.total_energy[0]) * 1000.0 / self.num_atoms
+        """JSON-ready numbers: drift (meV/atom/ps) and max |E_total - E_total(0)| (meV/atom) of
+        the conserved and of the reported Hamiltonian, how far E_reported - E_conserved moves from its
+        start value (max, meV/atom), ..."""
+        finite = np.isfinite(self.total_energy) & np.isfinite(self.reported_total_energy)
+        per_atom = 1000.0 / self.num_atoms
+
+        def max_deviation(total: np.ndarray) -> float | None:
+            deviation = np.abs(total[finite] - total[0]) * per_atom
+            return float(deviation.max()) if deviation.size else None
+
+        gap = self.reported_total_energy[finite] - self.total_energy[finite]  # E_reported - E_conserved
+        gap = np.abs(gap - gap[0]) * per_atom if gap.size else gap
         return {
             "steps_requested": self.settings.steps, "steps_done": self.steps_done,
             "simulated_ps": float(self.time_ps[-1]),
             "drift_mev_atom_ps": energy_drift(self.time_ps[finite], self.total_energy[finite], self.num_atoms),
-            "max_abs_energy_deviation_mev_atom": float(deviation.max()) if deviation.size else None,
+            "max_abs_energy_deviation_mev_atom": max_deviation(self.total_energy),
+            "reported_drift_mev_atom_ps": energy_drift(self.time_ps[finite], self.reported_total_energy[finite],
+                                                       self.num_atoms),
+            "reported_max_abs_energy_deviation_mev_atom": max_deviation(self.reported_total_energy),
+            "max_abs_gap_change_mev_atom": float(gap.max()) if gap.size else None,
             "temperature_start_k": float(self.temperature[0]),
             "temperature_mean_k": float(np.nanmean(self.temperature)),
             "temperature_final_k": float(self.temperature[-1]),
@@ -86,11 +116,13 @@ class MDResult:
         }
 
     def series(self) -> dict[str, list[float]]:
-        """Every ``log_every``-th point: time_ps, total/potential energy (eV), temperature (K)."""
+        """Every ``log_every``-th point: time_ps, total (conserved) / reported total / potential
+        (reported) energy (eV), temperature (K)."""
         idx = list(range(0, len(self.time_ps), self.settings.log_every))
         if idx[-1] != len(self.time_ps) - 1:
             idx.append(len(self.time_ps) - 1)
         return {"time_ps": self.time_ps[idx].tolist(), "total_energy_ev": self.total_energy[idx].tolist(),
+                "reported_total_energy_ev": self.reported_total_energy[idx].tolist(),
                 "potential_energy_ev": self.potential_energy[idx].tolist(),
                 "temperature_k": self.temperature[idx].tolist()}
 
@@ -150,7 +182,7 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
     atoms = start.copy()
     atoms.calc = calculator
     dyn = VelocityVerlet(atoms, timestep=settings.timestep_fs * units.fs, logfile=None)
-    series: dict[str, list[float]] = {"t": [], "pot": [], "kin": [], "temp": []}
+    series: dict[str, list[float]] = {"t": [], "pot": [], "conserved": [], "kin": [], "temp": []}
     snapshots: list[Atoms] = []
     max_temperature = settings.blowup_temperature_factor * max(settings.temperature_k, atoms.get_temperature())
     reason = None
@@ -160,6 +192,7 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
         series["t"].append(step * settings.timestep_fs / 1000.0)
         series["pot"].append(energy)
+        series["conserved"].append(float(atoms.calc.results.get("conserved_energy", energy)))
         series["kin"].append(atoms.get_kinetic_energy())
         series["temp"].append(atoms.get_temperature())
         reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None)
@@ -171,7 +204,8 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
         if on_step and step:
             on_step(1)
     return MDResult(len(atoms), settings, np.array(series["t"]), np.array(series["pot"]),
-                    np.array(series["kin"]), np.array(series["temp"]), reason, snapshots)
+                    np.array(series["kin"]), np.array(series["temp"]), np.array(series["conserved"]),
+                    reason, snapshots)
 
 
 def write_trajectory(path: Path | str, snapshots: list[Atoms]) -> Path:

@@ -69,12 +69,17 @@ def _render(runs: list[dict[str, Any]], settings: MDSettings) -> None:
             ("steps run", lambda s, r: f"{s['steps_done']}/{s['steps_requested']}"),
             ("drift (meV/atom/ps)", lambda s, r: _fmt(s["drift_mev_atom_ps"])),
             ("max |E - E0| (meV/atom)", lambda s, r: _fmt(s["max_abs_energy_deviation_mev_atom"])),
+            ("reported-energy drift (meV/atom/ps)", lambda s, r: _fmt(s["reported_drift_mev_atom_ps"])),
+            ("max change of E_reported - E_conserved (meV/atom)",
+             lambda s, r: _fmt(s["max_abs_gap_change_mev_atom"])),
             ("T mean / final (K)", lambda s, r: f"{s['temperature_mean_k']:.0f} / {s['temperature_final_k']:.0f}"),
             ("status", lambda s, r: f"[red]blew up[/] ({s['blowup_reason']})" if s["blew_up"] else "[green]ok[/]"))
     for name, cell in rows:
         table.add_row(name, *[cell(run["summary"], run) for run in runs])
     console.print(table)
-    console.print("[dim]drift: slope of a linear fit of E_total(t); E_total = E_pot + E_kin[/]",
+    console.print("[dim]drift: slope of a linear fit of E_total(t) = E_pot + E_kin, with E_pot the potential "
+                  "whose gradient the forces are (force mode 'conservative': E_s, activation rounding off); "
+                  "reported-energy drift uses the reported (activation-quantized) energy instead[/]",
                   highlight=False)
 
 

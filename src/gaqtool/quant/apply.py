@@ -21,11 +21,12 @@ from torch import nn
 
 from gaqtool.config import ForceMode, QuantConfig
 from gaqtool.models.convolution import ChannelwiseConvolution
+from gaqtool.models.potential import energy_and_forces
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS",
-           "activation_rounding_off", "conservative_energy_and_forces"]
+           "activation_rounding_off", "conservative_energy_and_forces", "energies_forces_conserved"]
 
 
 def _scalars(n: int) -> o3.Irreps:
@@ -152,9 +153,14 @@ def activation_rounding_off(model: nn.Module):
             q.mode = mode
 
 
-def conservative_energy_and_forces(model: nn.Module, batch, create_graph: bool = False):
+def conservative_energy_and_forces(model: nn.Module, batch, create_graph: bool = False,
+                                   with_conserved: bool = False):
     """Force mode 'conservative': E_q from the activation-quantized model (no gradient), forces
-    -dE_s/dx of the same model with activation rounding off (exactly conservative)."""
+    -dE_s/dx of the same model with activation rounding off (exactly conservative).
+
+    Returns (E_q (M,) eV, forces (n, 3) eV/A), plus E_s (M,) eV when ``with_conserved``: the
+    potential energy that NVE dynamics driven by these forces conserve (E_s + E_kin).
+    """
     from dataclasses import replace
 
     with activation_rounding_off(model):
@@ -163,7 +169,25 @@ def conservative_energy_and_forces(model: nn.Module, batch, create_graph: bool =
         (grad,) = torch.autograd.grad(smooth.sum(), positions, create_graph=create_graph)
     with torch.no_grad():
         energies = model(batch)
+    if with_conserved:
+        return energies, -grad, smooth.detach()
     return energies, -grad
+
+
+def energies_forces_conserved(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(reported energies (M,) eV, forces (n, 3) eV/A, conserved potential energies (M,) eV).
+
+    The conserved potential is the energy whose negative gradient the forces are, so that
+    E_conserved + E_kin is what exact NVE dynamics keep constant: E_s for force mode
+    'conservative', the reported energy otherwise (FP32 and weight-only models are exact; for
+    'ste' forces of activation-quantized models no such energy exists and the drift of the
+    reported one measures the non-conservation).
+    """
+    custom = getattr(model, "compute_energy_and_forces", None)
+    if getattr(custom, "__func__", None) is conservative_energy_and_forces:
+        return conservative_energy_and_forces(model, batch, with_conserved=True)
+    energies, forces = energy_and_forces(model, batch)
+    return energies, forces, energies.detach()
 
 
 @torch.no_grad()
