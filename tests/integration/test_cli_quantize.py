@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gaqtool.io.safetensors_io import load_quantized
+from gaqtool.io.safetensors_io import load_quantized, read_header
 
 
 def test_quantize_human_mode_writes_file_and_report(cli, tiny_checkpoint, tmp_path):
@@ -38,6 +38,13 @@ def test_quantize_json_mode_and_inspect(cli, tiny_checkpoint, tmp_path):
     packed = [t for t in info["tensors"] if t["name"].endswith("_packed")]
     assert packed and all(t["bits"] == 2 for t in packed)
     assert info["metadata"]["gaqtool.format_version"] == "1"
+    # the file's plan leaves out num_weights (it is in the shapes); inspect puts it back, equal
+    # to what quantize reported
+    reported = {m["path"]: m.get("num_weights") for m in data["modules"]}
+    assert all(info["modules"][p].get("num_weights") == n for p, n in reported.items() if n)
+    stored = read_header(out)
+    assert not any("num_weights" in e or e.get("reason") == "" for e in stored.plan["entries"].values())
+    assert "config" not in stored.report and stored.report["bits"] == "w2a8"
     human = cli("inspect", out)
     assert human.exit_code == 0 and "naive w2a8" in human.stderr
 

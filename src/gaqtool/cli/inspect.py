@@ -31,6 +31,19 @@ def tensor_rows(qfile) -> list[dict]:
     return rows
 
 
+def module_entries(qfile) -> dict[str, dict]:
+    """The file's plan entries with ``num_weights`` filled in from the ``*_shape`` tensors."""
+    entries = {}
+    for path, entry in qfile.plan["entries"].items():
+        shapes = [t for name, t in qfile.tensors.items()
+                  if name.startswith(f"{path}.") and name.endswith("_shape") and "." not in name[len(path) + 1:]]
+        entry = dict(entry)
+        if shapes and "num_weights" not in entry:
+            entry["num_weights"] = int(sum(int(t.prod()) for t in shapes))
+        entries[path] = entry
+    return entries
+
+
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="Quantized .safetensors file written by `gaqtool quantize`.")],
@@ -46,7 +59,7 @@ def inspect(
         "header_bytes": path.stat().st_size - sum(r["bytes"] for r in rows),
         "metadata": {k: (json.loads(v) if k in ("gaqtool.model_config", "gaqtool.quant_config") else v)
                      for k, v in qfile.raw_metadata.items() if k not in ("gaqtool.plan", "gaqtool.report")},
-        "modules": qfile.plan["entries"],
+        "modules": module_entries(qfile),
         "tensors": rows,
     }
     if json_output:

@@ -98,6 +98,31 @@ def _storage_dtype(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+# Report parts the file holds elsewhere (plan, quant_config) or that follow from the config
+# (the force-mode note): the full report is printed and written by --report.
+_REPORT_KEYS_NOT_STORED = ("modules", "unquantized_parameters", "config", "force_mode")
+
+
+def _rounded(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits (the stored report is
+    a record of measurements, not an input to any computation)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def plan_for_file(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Module entries without what the file already says: empty reasons and ``num_weights``
+    (the product of the module's ``*_shape`` tensors). The per-parameter FP32 list stays in the
+    printed / --report report."""
+    return {path: {k: v for k, v in entry.items() if k != "num_weights" and not (k == "reason" and not v)}
+            for path, entry in entries.items()}
+
+
 def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig, plan: QuantPlan,
                    source_sha256: str, report: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (after ``quantize_model`` + ``calibrate``) atomically to ``path``."""
@@ -107,10 +132,9 @@ def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig
         "gaqtool.writer": f"gaqtool {__version__}",
         "gaqtool.model_config": _compact_json(model.config),
         "gaqtool.quant_config": _compact_json(config.to_dict()),
-        # module entries only: the per-parameter FP32 list is in the printed / --report report
-        "gaqtool.plan": _compact_json({"entries": plan.entries}),
-        "gaqtool.report": _compact_json({k: v for k, v in (report or {}).items()
-                                         if k not in ("modules", "unquantized_parameters")}),
+        "gaqtool.plan": _compact_json({"entries": plan_for_file(plan.entries)}),
+        "gaqtool.report": _compact_json(_rounded({k: v for k, v in (report or {}).items()
+                                                  if k not in _REPORT_KEYS_NOT_STORED})),
         "gaqtool.source_sha256": source_sha256,
         "gaqtool.tensors_sha256": _tensors_digest(tensors),
     }

@@ -115,7 +115,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
             "reason": "" if weight_names else "no weights: inputs quantized only",
             "weight_bits": config.weight_bits if weight_names else None,
             "num_weights": int(sum(getattr(wrapped, f"{n}_int").numel() for n in weight_names)),
-            "inputs": [str(i) if (i is not None and config.quantizes_activations) else None
+            "inputs": [str(o3.Irreps(i).simplify()) if (i is not None and config.quantizes_activations) else None
                        for i in input_irreps],
         }
     if config.force_mode == ForceMode.CONSERVATIVE and config.quantizes_activations:
