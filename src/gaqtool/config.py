@@ -36,11 +36,14 @@ class ObserverKind(str, Enum):
 
 class DirectionMode(str, Enum):
     """How MDDQ rounds the direction of an l>0 block: per-component grid + re-normalisation,
-    nearest point of a spherical codebook (l=1; other l use the component grid), or float16."""
+    nearest point of a spherical codebook (l=1; other l use the component grid), float16, or
+    the component grid in an equivariant local frame built from each row's own l=1 channels
+    (``gaqtool.quant.frames``; same bits as ``component``, rounding commutes with rotations)."""
 
     COMPONENT = "component"
     CODEBOOK = "codebook"
     FP16 = "fp16"
+    FRAME = "frame"
 
 
 class ForceMode(str, Enum):
@@ -98,7 +101,7 @@ class QuantConfig:
     method: Method = Method.GAQ
     observer: ObserverKind = ObserverKind.MINMAX
     percentile: float = 99.99
-    direction_mode: DirectionMode = DirectionMode.COMPONENT
+    direction_mode: DirectionMode = DirectionMode.FRAME
     direction_bits: int = 8
     codebook_size: int = 256
     calib_frames: int = 32

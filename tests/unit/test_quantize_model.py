@@ -121,13 +121,16 @@ def test_lee_of_quantized_potentials(train_frames, test_frames):
     fp32 = make_tiny_model()
     frames = test_frames.subset(range(4))
     lee = {"fp32": local_equivariance_error(fp32, frames, 3, seed=0)["force_mean_mev_a"]}
-    for method in ("weight-only", "naive", "gaq"):
-        config = QuantConfig.from_preset("w4a8", method=method, calib_frames=8)
+    variants = {"weight-only": dict(method="weight-only"), "naive": dict(method="naive"),
+                "gaq component": dict(direction_mode="component"), "gaq frame": dict(direction_mode="frame")}
+    for name, options in variants.items():
+        config = QuantConfig.from_preset("w4a8", calib_frames=8, **options)
         model, _ = quantize_loaded(fp32, config, train_frames)
-        lee[method] = local_equivariance_error(model, frames, 3, seed=0)["force_mean_mev_a"]
+        lee[name] = local_equivariance_error(model, frames, 3, seed=0)["force_mean_mev_a"]
     assert lee["weight-only"] < 3 * lee["fp32"] + 1e-3
-    assert lee["naive"] > 5 * lee["gaq"], lee
-    assert lee["gaq"] > lee["fp32"]
+    # global component grid: MDDQ beats naive but still breaks symmetry; local frames: at the floor
+    assert lee["naive"] > 5 * lee["gaq component"] and lee["gaq component"] > 10 * lee["fp32"], lee
+    assert lee["gaq frame"] < 3 * lee["fp32"] + 1e-3, lee
 
 
 def test_quantizer_modes_and_calibration_count(tiny_model, train_frames):

@@ -2,7 +2,9 @@
 
 ``gaq``: l=0 channels get an asymmetric per-channel grid; every l>0 (channel, irrep) block is
 quantized by MDDQ: its norm on an unsigned per-channel grid whose scale is calibrated from
-norms (so calibration is rotation invariant) and its direction by the configured mode.
+norms (so calibration is rotation invariant) and its direction by the configured mode (for
+``frame``, the component grid in each row's equivariant local frame, see
+``gaqtool.quant.frames``).
 ``naive``: one symmetric per-tensor grid for all components, l>0 included (the baseline that
 breaks equivariance).
 """
@@ -17,6 +19,7 @@ from gaqtool.config import DirectionMode, Method, QuantConfig
 from gaqtool.irreps import block_norms, merge_blocks, split_blocks
 from gaqtool.quant.direction import (fibonacci_sphere, quantize_direction_codebook,
                                       quantize_direction_component, quantize_direction_fp16)
+from gaqtool.quant.frames import from_local, local_frames, to_local, wigner_from_l1
 from gaqtool.quant.mddq import mddq_fake_quantize, norm_scale_from_max
 from gaqtool.quant.observers import make_observer
 from gaqtool.quant.weights import to_storage_precision
@@ -109,6 +112,7 @@ class ActivationQuantizer(nn.Module):
             return fake_quantize(x, self.tensor_scale.reshape(()), zero, self.num_bits, symmetric=True)
         scalar_scale, norm_scale = self._scales()
         blocks, out = split_blocks(x, self.irreps), []
+        frames = self._local_frames(blocks) if self.direction_mode == "frame" else None
         scalar_offset = vector_offset = 0
         for (mul, ir), block in zip(self.irreps, blocks):
             if ir.l == 0:
@@ -120,20 +124,34 @@ class ActivationQuantizer(nn.Module):
             elif not self.quantize_vectors:
                 out.append(block)
                 vector_offset += mul
-            elif self.learnable:
-                sl = slice(vector_offset, vector_offset + mul)
-                out.append(self._mddq_learnable(block, ir.l, norm_scale[sl]))
-                vector_offset += mul
             else:
                 sl = slice(vector_offset, vector_offset + mul)
-                mode = self.direction_mode
-                if mode == "codebook" and ir.l != 1:
-                    mode = "component"  # the spherical codebook is defined for l=1 only
-                out.append(mddq_fake_quantize(block, self.norm_scale[sl], self.num_bits, mode,
-                                              self.direction_bits,
-                                              codebook=self.codebook if mode == "codebook" else None))
+                if frames is not None:
+                    block = to_local(block, frames[ir.l])
+                if self.learnable:
+                    q = self._mddq_learnable(block, ir.l, norm_scale[sl])
+                else:
+                    mode = self.direction_mode
+                    if mode == "frame" or (mode == "codebook" and ir.l != 1):
+                        mode = "component"  # the codebook is defined for l=1 only
+                    q = mddq_fake_quantize(block, self.norm_scale[sl], self.num_bits, mode,
+                                           self.direction_bits,
+                                           codebook=self.codebook if mode == "codebook" else None)
+                out.append(from_local(q, frames[ir.l]) if frames is not None else q)
                 vector_offset += mul
         return merge_blocks(out, self.irreps)
+
+    def _local_frames(self, blocks: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """{l: D_l (..., 2l+1, 2l+1)} rotating each row into its own equivariant frame, built from
+        the row's l=1 channels (identity frames when the irreps have no l=1 part)."""
+        vectors = [b for (mul, ir), b in zip(self.irreps, blocks) if ir.l == 1]
+        lmax = max(ir.l for _, ir in self.irreps)
+        lead = blocks[0].shape[:-2]
+        if vectors:
+            rotation = local_frames(torch.cat(vectors, dim=-2))
+        else:
+            rotation = torch.eye(3, dtype=blocks[0].dtype, device=blocks[0].device).expand(*lead, 3, 3)
+        return wigner_from_l1(rotation, lmax)
 
     def _scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar_scale, norm_scale); in QAT exp() of learned log-scales, so steps stay positive

@@ -37,14 +37,20 @@ MIN_NORM_SCALE = 1e-12
 
 
 def _direction_mode(mode: str | DirectionMode) -> DirectionMode:
+    """The block-level modes; 'frame' needs whole rows (their l=1 channels) and is applied by
+    ActivationQuantizer, which rotates blocks into local frames and then uses 'component'."""
+    allowed = (DirectionMode.COMPONENT, DirectionMode.CODEBOOK, DirectionMode.FP16)
     try:
-        return DirectionMode(mode)
+        parsed = DirectionMode(mode)
     except ValueError:
-        allowed = ", ".join(m.value for m in DirectionMode)
+        parsed = None
+    if parsed not in allowed:
         raise InputError(
-            f"unknown direction mode {mode!r}; allowed: {allowed}",
-            hint="use 'component' (any l), 'codebook' (l=1) or 'fp16'",
-        ) from None
+            f"direction mode {mode!r} is not a block-level mode; allowed: "
+            f"{', '.join(m.value for m in allowed)}",
+            hint="'frame' is applied by ActivationQuantizer (local frames, then 'component')",
+        )
+    return parsed
 
 
 def _check_bits(name: str, bits: int, minimum: int) -> None:
