@@ -15,7 +15,7 @@ import argparse
 import json
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -31,8 +31,10 @@ from gaqtool.workflow import quantize_loaded
 
 VARIANTS = {
     "weight-only w4": dict(bits="w4", method="weight-only"),
-    "gaq w4a8 (ste forces)": dict(bits="w4a8", method="gaq"),
-    "gaq w4a8 (conservative forces)": dict(bits="w4a8", method="gaq", force_mode="conservative"),
+    "gaq w4a8 frame (ste forces)": dict(bits="w4a8", method="gaq", direction_mode="frame"),
+    "gaq w4a8 frame (conservative forces)": dict(bits="w4a8", method="gaq", direction_mode="frame",
+                                                 force_mode="conservative"),
+    "gaq w4a8 component (ste forces)": dict(bits="w4a8", method="gaq", direction_mode="component"),
     "naive w4a8 (ste forces)": dict(bits="w4a8", method="naive"),
 }
 
@@ -47,8 +49,7 @@ def run_variant(name: str, args: argparse.Namespace, settings: MDSettings) -> di
     if name != "fp32":
         spec = VARIANTS[name]
         calib = resolve_data("rmd17", "train", args.rmd17_dir, loaded.molecule)
-        config = QuantConfig.from_preset(spec["bits"], method=spec["method"],
-                                         force_mode=spec.get("force_mode", "ste"))
+        config = QuantConfig.from_preset(spec["bits"], **{k: v for k, v in spec.items() if k != "bits"})
         model = quantize_loaded(loaded.model, config, calib.frames)[0]
     began = time.perf_counter()
     result = run_nve(start, GAQCalculator(model), settings)
@@ -75,9 +76,19 @@ def main() -> None:
     settings = MDSettings(temperature_k=args.temperature, timestep_fs=args.dt,
                           steps=int(round(args.ps * 1000 / args.dt)), log_every=20, seed=0)
     names = ["fp32"] + [n for n in VARIANTS if args.only is None or n in args.only]
+    done: dict[str, dict] = {}
+
+    def save() -> None:  # after every finished run, so a long job killed late keeps what it has
+        ordered = {name: done[name] for name in names if name in done}
+        text = json.dumps({"settings": settings.__dict__, "results": ordered}, indent=2)
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(run_variant, name, args, settings) for name in names}
-        results = {name: future.result() for name, future in futures.items()}
+        futures = {pool.submit(run_variant, name, args, settings): name for name in names}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            save()
+    results = {name: done[name] for name in names}
     fp32 = results["fp32"]
     print("\n| model | drift (meV/atom/ps) | abs drift / FP32 | reported-energy drift | abs / FP32 "
           "| max abs dE (meV/atom) | max change of E_reported - E_conserved | simulated (ps) | blow-up |")
@@ -93,8 +104,6 @@ def main() -> None:
           f"{args.threads} thread(s) per run, {args.jobs} runs in parallel. drift: linear fit of E_pot + E_kin "
           "with E_pot the potential whose gradient the forces are (E_s for conservative forces); "
           "reported-energy drift: the same with the reported (activation-quantized) energy.")
-    text = json.dumps({"settings": settings.__dict__, "results": results}, indent=2)
-    atomic_write(args.out, lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":

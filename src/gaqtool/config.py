@@ -34,6 +34,14 @@ class ObserverKind(str, Enum):
     MSE = "mse"
 
 
+class WeightClip(str, Enum):
+    """How per-channel weight scales are chosen: from the max |w| of each channel, or from the
+    clipped max that minimises the channel's squared rounding error (weights only; no data)."""
+
+    MINMAX = "minmax"
+    MSE = "mse"
+
+
 class DirectionMode(str, Enum):
     """How MDDQ rounds the direction of an l>0 block: per-component grid + re-normalisation,
     nearest point of a spherical codebook (l=1; other l use the component grid), float16, or
@@ -87,7 +95,9 @@ class QuantConfig:
     activation_bits:  8, 16, or None for weight-only
     group_size:       None = one scale per output channel; else per group of input channels
     observer:         calibration statistic for activation ranges
-    direction_bits:   bits per component for MDDQ 'component' directions
+    weight_clip:      per-channel weight scales from min-max or the MSE-optimal clipping ratio
+    direction_mode:   MDDQ direction rounding ('frame' default: equivariant local frames)
+    direction_bits:   bits per component for MDDQ 'component' / 'frame' directions
     codebook_size:    points of the spherical codebook for 'codebook' directions (l=1)
     keep_fp32:        fnmatch patterns of module paths left in FP32
     energy_correction: shift the per-atom energy by the mean (FP32 - quantized) energy per atom
@@ -100,6 +110,7 @@ class QuantConfig:
     group_size: int | None = None
     method: Method = Method.GAQ
     observer: ObserverKind = ObserverKind.MINMAX
+    weight_clip: WeightClip = WeightClip.MSE
     percentile: float = 99.99
     direction_mode: DirectionMode = DirectionMode.FRAME
     direction_bits: int = 8
@@ -126,7 +137,7 @@ class QuantConfig:
             raise InputError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.calib_frames < 1:
             raise InputError(f"--calib-frames must be at least 1, got {self.calib_frames}")
-        for name, enum in (("method", Method), ("observer", ObserverKind),
+        for name, enum in (("method", Method), ("observer", ObserverKind), ("weight_clip", WeightClip),
                            ("direction_mode", DirectionMode), ("force_mode", ForceMode)):
             value = getattr(self, name)
             if not isinstance(value, enum):

@@ -18,7 +18,9 @@ def test_quantize_human_mode_writes_file_and_report(cli, tiny_checkpoint, tmp_pa
     data = json.loads(report.read_text())
     assert data["bits"] == "w4a8" and data["method"] == "gaq"
     assert data["accuracy"]["fp32"]["num_frames"] == 6
-    assert data["lee"]["quantized"]["force_mean_mev_a"] > data["lee"]["fp32"]["force_mean_mev_a"]
+    # it rounds (the accuracy moves) yet, with frame directions, stays near the FP32 LEE floor
+    assert data["accuracy"]["quantized"]["force_mae_mev_a"] != data["accuracy"]["fp32"]["force_mae_mev_a"]
+    assert data["lee"]["quantized"]["force_mean_mev_a"] < 10 * data["lee"]["fp32"]["force_mean_mev_a"] + 1e-3
     assert data["size"]["quantized_file_bytes"] == out.stat().st_size
     assert any(m["status"] == "fp32" and m["reason"] for m in data["modules"])
     model = load_quantized(out)

@@ -61,12 +61,23 @@ def test_every_parameterised_module_is_quantized_or_listed(tiny_model):
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_weight_quantization_error_shrinks_with_bits(tiny_model, bits):
-    model, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset(f"w{bits}"))
+    model, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset(f"w{bits}", weight_clip="minmax"))
     original = tiny_model.layers[0].radial.out.weight
     quantized = model.layers[0].radial.out.inner.weight
     step = original.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
     assert bool(((quantized - original).abs() <= step / 2 * 1.001 + 1e-7).all())  # fp16 scales
     assert len(torch.unique(model.layers[0].radial.out.weight_int[0])) <= 2 ** bits - 1
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_mse_weight_clipping_never_loses_to_minmax_and_usually_wins(tiny_model, bits):
+    original = tiny_model.layers[0].radial.out.weight  # nn.Linear (out, in): one scale per row
+    errors = {}
+    for clip in ("minmax", "mse"):
+        model, _ = quantize_model(copy.deepcopy(tiny_model), QuantConfig.from_preset(f"w{bits}", weight_clip=clip))
+        errors[clip] = ((model.layers[0].radial.out.inner.weight - original) ** 2).sum(1)
+    assert bool((errors["mse"] <= errors["minmax"] * (1 + 1e-6)).all())  # ratio 1.0 is a candidate
+    assert errors["mse"].sum() < 0.9 * errors["minmax"].sum()
 
 
 def _e3nn_toy():

@@ -13,7 +13,7 @@ from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
-from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig
+from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write
@@ -27,10 +27,12 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(
 
 
 def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
-                 codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True) -> QuantConfig:
+                 codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True,
+                 weight_clip=WeightClip.MSE) -> QuantConfig:
     """QuantConfig from command-line values (shared with QAT)."""
     return QuantConfig.from_preset(
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
+        weight_clip=weight_clip,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
         calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed,
         energy_correction=energy_correction)
@@ -61,6 +63,7 @@ def quantize(
     group_size: Annotated[Optional[int], typer.Option("--group-size", min=1, help="Weight scales per group of this many input channels (default: one scale per output channel).")] = None,
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
+    weight_clip: Annotated[WeightClip, typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. --method naive always uses one min-max scale per tensor.")] = WeightClip.MSE,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
     codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
@@ -100,7 +103,8 @@ def quantize(
     if output.suffix != ".safetensors":
         raise InputError(f"--output must end in .safetensors, got '{output}'")
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
-                          codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction)
+                          codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
+                          weight_clip)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle)
     if loaded.kind != "fp32":

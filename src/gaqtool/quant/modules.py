@@ -18,7 +18,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from gaqtool.config import QuantConfig
+from gaqtool.config import QuantConfig, WeightClip
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.weights import dequantize_parameter, quantize_parameter
 
@@ -50,7 +50,8 @@ class QuantizedModule(nn.Module):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
         for name in self.weight_names:
-            values, scales = quantize_parameter(inner, name, self.weight_bits, self.group_size, self.per_tensor)
+            values, scales = quantize_parameter(inner, name, self.weight_bits, self.group_size, self.per_tensor,
+                                                clip_search=config.weight_clip == WeightClip.MSE)
             self.register_buffer(f"{name}_int", values)
             self.register_buffer(f"{name}_scale", scales)
             self._set_weight(name, dequantize_parameter(inner, name, values, scales, self.group_size,

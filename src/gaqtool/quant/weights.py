@@ -52,11 +52,39 @@ def _groups(rows: int, group_size: int | None) -> list[slice]:
     return [slice(s, min(s + group_size, rows)) for s in range(0, rows, group_size)]
 
 
+# Clipping ratios tried by the MSE weight-scale search (fractions of each column's max |w|).
+CLIP_RATIOS = torch.linspace(0.3, 1.0, 36)
+
+
+def _column_scales(block: torch.Tensor, num_bits: int, clip_search: bool) -> torch.Tensor:
+    """Symmetric scale per column of ``block (rows, cols)``, float16-representable: from the
+    column's max |w|, or (``clip_search``) from the clipped max that minimises the column's
+    squared rounding error sum_rows (w - Q(w))^2 over :data:`CLIP_RATIOS`."""
+    low, high = block.amin(0), block.amax(0)
+    best_scale = to_storage_precision(choose_qparams(low, high, num_bits, symmetric=True)[0])
+    if not clip_search:
+        return best_scale
+    zero = torch.zeros_like(best_scale, dtype=torch.int32)
+    best_error = None
+    for ratio in CLIP_RATIOS.tolist():
+        scale = to_storage_precision(choose_qparams(low * ratio, high * ratio, num_bits, symmetric=True)[0])
+        error = ((dequantize(quantize(block, scale, zero, num_bits, symmetric=True), scale, zero)
+                  - block) ** 2).sum(0)
+        if best_error is None:
+            best_error, best_scale = error, scale
+        else:
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_scale = torch.where(better, scale, best_scale)
+    return best_scale
+
+
 def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: int | None,
-                       per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       per_tensor: bool, clip_search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``module.<name>`` symmetrically; return (int8 values shaped like the parameter,
     flat float32 scales in view order: per view, groups x out, row-major; or one scale if
-    ``per_tensor``)."""
+    ``per_tensor``). ``clip_search``: per-channel/group scales from the MSE-optimal clipping
+    ratio instead of min-max (per-tensor scales are always min-max)."""
     weight = getattr(module, name).detach().float()
     values = torch.zeros(weight.shape, dtype=torch.int8)
     if per_tensor:
@@ -68,8 +96,8 @@ def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: 
     for w, q in zip(matrix_views(module, name, weight), matrix_views(module, name, values)):
         for rows in _groups(w.shape[0], group_size):
             block = w[rows]
-            scale, zero = choose_qparams(block.amin(0), block.amax(0), num_bits, symmetric=True)
-            scale = to_storage_precision(scale)
+            scale = _column_scales(block, num_bits, clip_search)
+            zero = torch.zeros_like(scale, dtype=torch.int32)
             q[rows] = quantize(block, scale, zero, num_bits, symmetric=True).to(torch.int8)
             scales.append(scale.float().reshape(-1))
     return values, torch.cat(scales) if scales else torch.zeros(0)
