@@ -3,7 +3,8 @@
 prepare: PTQ model (weights quantized, activations calibrated) -> trainable float weights
   (initialised from the FP32 parent) fake-quantized on every forward with learned step sizes
   (LSQ), learnable activation scales (scalar grids and MDDQ norm grids).
-train:   energy + force loss (+ optional LEE penalty with random rotations); scalar features
+train:   energy + force loss against the FP32 parent's predictions (distillation; or the DFT
+  labels), + optional LEE penalty with random rotations; scalar features
   are quantized from the start, l>0 features only after ``vector_warmup`` epochs.
 convert: integer weights from the trained floats and learned scales -> the same
   ``QuantizedModule`` state as PTQ, written in the same packed file format.
@@ -12,6 +13,7 @@ convert: integer weights from the trained floats and learned scales -> the same
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Callable
 
 import numpy as np
@@ -21,6 +23,8 @@ from torch import nn
 from gaqtool.config import QuantConfig
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import Batch
+from gaqtool.errors import InputError
+from gaqtool.metrics.accuracy import predict
 from gaqtool.metrics.equivariance import haar_rotations
 from gaqtool.models.potential import energy_and_forces
 from gaqtool.quant.activation import ActivationQuantizer
@@ -30,12 +34,25 @@ from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_stor
 from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
 from gaqtool.workflow import correct_energy_offset, quantize_loaded
 
-__all__ = ["QATOptions", "prepare_qat", "convert_qat", "set_vector_quantization", "run_qat"]
+__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization", "run_qat", "teacher_targets"]
+
+
+class QATTargets(str, Enum):
+    """What the QAT loss fits: the FP32 parent's predictions (distillation) or the DFT labels."""
+
+    TEACHER = "teacher"
+    LABELS = "labels"
 
 
 @dataclass(frozen=True)
 class QATOptions:
-    """QAT schedule. ``vector_warmup``: epochs with l>0 activations left unquantized."""
+    """QAT schedule. ``vector_warmup``: epochs with l>0 activations left unquantized.
+
+    ``targets``: what the training loss fits: ``"teacher"`` (default), the FP32 parent's own
+    energies and forces on the training frames (distillation: the loss then measures the
+    quantization error alone, not the parent's irreducible error against DFT); or ``"labels"``,
+    the reference DFT labels. Validation and model selection always use the labels.
+    """
 
     epochs: int = 10
     vector_warmup: int = 2
@@ -44,6 +61,7 @@ class QATOptions:
     learning_rate: float = 2e-4
     batch_size: int = 8
     seed: int = 0
+    targets: str = "teacher"
 
 
 def _weight_hook(module: QuantizedModule, _inputs) -> None:
@@ -128,9 +146,20 @@ def qat_loss(options: QATOptions, rng: np.random.Generator) -> Callable[[nn.Modu
     return loss
 
 
+def teacher_targets(fp32: nn.Module, frames: Frames) -> Frames:
+    """``frames`` with energies (eV) and forces (eV/A) replaced by the FP32 parent's predictions."""
+    pred = predict(fp32.eval(), frames)
+    return replace(frames, energies=pred.energies.copy(), forces=[f.copy() for f in pred.forces],
+                               source=f"FP32 teacher predictions on {frames.source}")
+
+
 def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, calibration: Frames,
             options: QATOptions, on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """prepare -> train (vector warm-up, optional LEE penalty) -> convert. Returns the converted model."""
+    if options.targets not in {t.value for t in QATTargets}:
+        raise InputError(f"unknown QAT targets '{options.targets}'", hint="choose teacher or labels")
+    if options.targets == QATTargets.TEACHER.value:
+        train = teacher_targets(fp32, train)
     model = prepare_qat(fp32, config, calibration, options.tangent_projection)
     rng = np.random.default_rng(options.seed)
 

@@ -85,3 +85,28 @@ def test_convert_gives_the_same_file_format_and_outputs(tmp_path, train_frames, 
     path = save_quantized(tmp_path / "qat.safetensors", model, config, QuantPlan(), "0" * 64)
     e_file, f_file = energy_and_forces(load_quantized(path), batch)
     assert torch.equal(e_file, e_conv) and torch.equal(f_file, f_conv)
+
+
+def test_teacher_targets_are_the_parents_predictions(train_frames):
+    from gaqtool.metrics.accuracy import predict
+    from gaqtool.qat import teacher_targets
+
+    fp32 = make_tiny_model()
+    frames = train_frames.subset(range(3))
+    taught = teacher_targets(fp32, frames)
+    pred = predict(fp32, frames)
+    np.testing.assert_array_equal(taught.energies, pred.energies)
+    assert all(np.array_equal(a, b) for a, b in zip(taught.forces, pred.forces))
+    assert not np.allclose(taught.energies, frames.energies)  # the labels were replaced
+    np.testing.assert_array_equal(frames.energies, train_frames.energies[:3])  # input untouched
+
+
+def test_run_qat_rejects_unknown_targets(train_frames):
+    import pytest
+
+    from gaqtool.errors import InputError
+    from gaqtool.qat import run_qat
+
+    with pytest.raises(InputError, match="unknown QAT targets"):
+        run_qat(make_tiny_model(), QuantConfig.from_preset("w4a8"), train_frames, train_frames, train_frames,
+                QATOptions(targets="oracle"))

@@ -18,7 +18,7 @@ from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write
 from gaqtool.io.loading import load_model
-from gaqtool.qat import QATOptions, run_qat
+from gaqtool.qat import QATOptions, QATTargets, run_qat
 from gaqtool.report import render_quantize_report
 from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
 
@@ -82,6 +82,7 @@ def quantize(
     lee_weight: Annotated[float, typer.Option("--lee-weight", min=0.0, help="Weight of the QAT equivariance penalty |F(Rx) - R F(x)|^2 with a random rotation per step (0: off).")] = 0.0,
     qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 2e-4,
     qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
+    qat_targets: Annotated[QATTargets, typer.Option("--qat-targets", help="What QAT fits: teacher (the FP32 parent's energies and forces on the training frames: distillation) or labels (the DFT reference). Validation always uses the labels.")] = QATTargets.TEACHER,
     tangent_projection: Annotated[bool, typer.Option("--tangent-projection/--no-tangent-projection", help="QAT: straight-through on the unit direction, so direction gradients are projected onto the sphere's tangent space.")] = True,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
@@ -124,7 +125,8 @@ def quantize(
             quantized, qat_summary = _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar,
                                                 QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
                                                            lee_weight=lee_weight, tangent_projection=tangent_projection,
-                                                           learning_rate=qat_lr, batch_size=qat_batch_size, seed=seed))
+                                                           learning_rate=qat_lr, batch_size=qat_batch_size, seed=seed,
+                                                           targets=qat_targets.value))
             if not distributed.is_main():
                 return
         t_quant = time.perf_counter() - started
