@@ -97,3 +97,17 @@ def test_help_for_every_command_option(cli):
         assert result.exit_code == 0
     result = cli("--version")
     assert result.exit_code == 0 and "gaqtool" in result.stdout
+
+
+def test_quantize_with_qat_writes_a_loadable_file_with_its_summary(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "qat.safetensors"
+    result = cli("quantize", tiny_checkpoint, "--bits", "w4a8", "-o", out, "--json", "--qat-epochs", "1",
+                 "--vector-warmup", "0", "--qat-batch-size", "16", "--calib-frames", "4", "--eval-frames", "4",
+                 "--lee-frames", "1", "--lee-rotations", "1")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["data"]
+    assert data["qat"]["options"]["targets"] == "teacher" and data["qat"]["best_epoch"] == 0
+    assert data["config"]["weight_clip"] == "minmax"  # QAT's default start
+    model = load_quantized(out)
+    assert model.quant_config.weight_clip.value == "minmax"
+    assert read_header(out).report["qat"]["options"]["epochs"] == 1
