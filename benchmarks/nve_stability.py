@@ -39,12 +39,13 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, args: argparse.Namespace, settings: MDSettings) -> dict:
-    """Build one variant (FP32 or a quantized copy) and run NVE from the shared start (one process)."""
+def run_variant(name: str, seed: int, args: argparse.Namespace, settings: MDSettings) -> dict:
+    """Build one variant (FP32 or a quantized copy) and run NVE from the start of ``seed``
+    (Maxwell-Boltzmann velocities; the same for every variant) in one process."""
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     start_frames = resolve_data("rmd17", "test", args.rmd17_dir, loaded.molecule).frames
-    start = initial_state(start_frames.numbers[0], start_frames.positions[0], args.temperature, seed=0)
+    start = initial_state(start_frames.numbers[0], start_frames.positions[0], args.temperature, seed=seed)
     model = loaded.model
     if name != "fp32":
         spec = VARIANTS[name]
@@ -54,11 +55,11 @@ def run_variant(name: str, args: argparse.Namespace, settings: MDSettings) -> di
     began = time.perf_counter()
     result = run_nve(start, GAQCalculator(model), settings)
     s = {**result.summary(), "seconds": time.perf_counter() - began, "series": result.series()}
-    print(f"{name}: drift {s['drift_mev_atom_ps']:.4g} meV/atom/ps (reported energy: "
+    print(f"{name} (seed {seed}): drift {s['drift_mev_atom_ps']:.4g} meV/atom/ps (reported energy: "
           f"{s['reported_drift_mev_atom_ps']:.4g}), max |dE| {s['max_abs_energy_deviation_mev_atom']:.4g} "
           f"meV/atom, {s['simulated_ps']:.2f} ps in {s['seconds']:.0f} s, blew up: {s['blowup_reason']}",
           flush=True)
-    return s
+    return {**s, "seed": seed}
 
 
 def main() -> None:
@@ -71,35 +72,51 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
     parser.add_argument("--only", nargs="*", default=None, help="subset of variant names (plus fp32)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0],
+                        help="velocity seeds; every variant runs from each (mean |drift| is compared)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nve_stability.json"))
     args = parser.parse_args()
     settings = MDSettings(temperature_k=args.temperature, timestep_fs=args.dt,
                           steps=int(round(args.ps * 1000 / args.dt)), log_every=20, seed=0)
     names = ["fp32"] + [n for n in VARIANTS if args.only is None or n in args.only]
+    runs = [(name, seed) for seed in args.seeds for name in names]
+    key = (lambda name, seed: name) if len(args.seeds) == 1 else (lambda name, seed: f"{name} seed {seed}")
     done: dict[str, dict] = {}
 
     def save() -> None:  # after every finished run, so a long job killed late keeps what it has
-        ordered = {name: done[name] for name in names if name in done}
-        text = json.dumps({"settings": settings.__dict__, "results": ordered}, indent=2)
+        ordered = {key(*run): done[key(*run)] for run in runs if key(*run) in done}
+        text = json.dumps({"settings": settings.__dict__ | {"seeds": args.seeds}, "results": ordered}, indent=2)
         atomic_write(args.out, lambda tmp: tmp.write_text(text))
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_variant, name, args, settings): name for name in names}
+        futures = {pool.submit(run_variant, name, seed, args, settings): (name, seed) for name, seed in runs}
         for future in as_completed(futures):
-            done[futures[future]] = future.result()
+            done[key(*futures[future])] = future.result()
             save()
-    results = {name: done[name] for name in names}
-    fp32 = results["fp32"]
-    print("\n| model | drift (meV/atom/ps) | abs drift / FP32 | reported-energy drift | abs / FP32 "
+    results = {key(*run): done[key(*run)] for run in runs}
+    fp32 = {seed: results[key("fp32", seed)] for seed in args.seeds}
+    print("\n| model | seed | drift (meV/atom/ps) | abs drift / FP32 | reported-energy drift | abs / FP32 "
           "| max abs dE (meV/atom) | max change of E_reported - E_conserved | simulated (ps) | blow-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name, s in results.items():
-        print(f"| {name} | {s['drift_mev_atom_ps']:.3g} "
-              f"| {abs(s['drift_mev_atom_ps']) / abs(fp32['drift_mev_atom_ps']):.1f} "
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, seed in runs:
+        s, f = results[key(name, seed)], fp32[seed]
+        print(f"| {name} | {seed} | {s['drift_mev_atom_ps']:.3g} "
+              f"| {abs(s['drift_mev_atom_ps']) / abs(f['drift_mev_atom_ps']):.1f} "
               f"| {s['reported_drift_mev_atom_ps']:.3g} "
-              f"| {abs(s['reported_drift_mev_atom_ps']) / abs(fp32['reported_drift_mev_atom_ps']):.1f} "
+              f"| {abs(s['reported_drift_mev_atom_ps']) / abs(f['reported_drift_mev_atom_ps']):.1f} "
               f"| {s['max_abs_energy_deviation_mev_atom']:.3g} | {s['max_abs_gap_change_mev_atom']:.3g} "
               f"| {s['simulated_ps']:.2f} | {s['blowup_reason'] or 'no'} |")
+    if len(args.seeds) > 1:
+        def mean_abs_of(field: str) -> dict[str, float]:
+            return {name: sum(abs(results[key(name, seed)][field]) for seed in args.seeds) / len(args.seeds)
+                    for name in names}
+
+        mean_abs, mean_abs_reported = mean_abs_of("drift_mev_atom_ps"), mean_abs_of("reported_drift_mev_atom_ps")
+        print(f"\n| model | mean abs drift over {len(args.seeds)} seeds | / FP32 | mean abs reported-energy drift | / FP32 |")
+        print("|---|---:|---:|---:|---:|")
+        for name in names:
+            print(f"| {name} | {mean_abs[name]:.3g} | {mean_abs[name] / mean_abs['fp32']:.2f} "
+                  f"| {mean_abs_reported[name]:.3g} | {mean_abs_reported[name] / mean_abs_reported['fp32']:.2f} |")
     print(f"\n{settings.steps} steps of {args.dt} fs from {args.temperature:.0f} K, rMD17 aspirin test frame 0, "
           f"{args.threads} thread(s) per run, {args.jobs} runs in parallel. drift: linear fit of E_pot + E_kin "
           "with E_pot the potential whose gradient the forces are (E_s for conservative forces); "
