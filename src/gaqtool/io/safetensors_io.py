@@ -115,6 +115,15 @@ def _rounded(value: Any, digits: int = 6) -> Any:
     return value
 
 
+def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without what the file holds elsewhere or what only the --report JSON needs
+    (the per-epoch QAT history)."""
+    stored = {k: v for k, v in report.items() if k not in _REPORT_KEYS_NOT_STORED}
+    if isinstance(stored.get("qat"), dict):
+        stored["qat"] = {k: v for k, v in stored["qat"].items() if k != "history"}
+    return stored
+
+
 def plan_for_file(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Module entries without what the file already says: empty reasons and ``num_weights``
     (the product of the module's ``*_shape`` tensors). The per-parameter FP32 list stays in the
@@ -133,8 +142,7 @@ def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig
         "gaqtool.model_config": _compact_json(model.config),
         "gaqtool.quant_config": _compact_json(config.to_dict()),
         "gaqtool.plan": _compact_json({"entries": plan_for_file(plan.entries)}),
-        "gaqtool.report": _compact_json(_rounded({k: v for k, v in (report or {}).items()
-                                                  if k not in _REPORT_KEYS_NOT_STORED})),
+        "gaqtool.report": _compact_json(_rounded(_report_for_file(report or {}))),
         "gaqtool.source_sha256": source_sha256,
         "gaqtool.tensors_sha256": _tensors_digest(tensors),
     }
