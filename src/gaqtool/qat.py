@@ -34,7 +34,7 @@ from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_stor
 from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
 from gaqtool.workflow import correct_energy_offset, quantize_loaded
 
-__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization", "run_qat", "teacher_targets"]
+__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization", "set_activation_quantization", "run_qat", "teacher_targets"]
 
 
 class QATTargets(str, Enum):
@@ -46,7 +46,9 @@ class QATTargets(str, Enum):
 
 @dataclass(frozen=True)
 class QATOptions:
-    """QAT schedule. ``vector_warmup``: epochs with l>0 activations left unquantized.
+    """QAT schedule. ``vector_warmup``: epochs with l>0 activations left unquantized;
+    ``activation_warmup``: epochs with no activation quantized at all (weights only), before the
+    scalars (and, after ``vector_warmup``, the l>0 features) are switched on.
 
     ``targets``: what the training loss fits: ``"teacher"`` (default), the FP32 parent's own
     energies and forces on the training frames (distillation: the loss then measures the
@@ -56,6 +58,7 @@ class QATOptions:
 
     epochs: int = 10
     vector_warmup: int = 2
+    activation_warmup: int = 0
     lee_weight: float = 0.0
     tangent_projection: bool = True
     learning_rate: float = 2e-4
@@ -109,6 +112,13 @@ def set_vector_quantization(model: nn.Module, enabled: bool) -> None:
             module.quantize_vectors = enabled
 
 
+def set_activation_quantization(model: nn.Module, enabled: bool) -> None:
+    """Switch every calibrated activation quantizer on ('quantize') or off (weights-only phase)."""
+    for module in model.modules():
+        if isinstance(module, ActivationQuantizer) and module.mode in ("quantize", "off"):
+            module.mode = "quantize" if enabled else "off"
+
+
 @torch.no_grad()
 def convert_qat(model: nn.Module) -> nn.Module:
     """Freeze a QAT model into plain PTQ form (integer weights + scales as buffers), in place."""
@@ -128,6 +138,8 @@ def convert_qat(model: nn.Module) -> nn.Module:
                     module.inner, name, values, scales, module.group_size, module.per_tensor)
         if isinstance(module, ActivationQuantizer):
             module.learnable, module.quantize_vectors = False, True
+            if module.mode == "off":  # still in an activation warm-up: deploy quantized
+                module.mode = "quantize"
             for key in ("scalar_scale", "norm_scale"):
                 if f"log_{key}" in module._parameters:
                     getattr(module, key).copy_(to_storage_precision(module._parameters.pop(f"log_{key}").detach().exp()))
@@ -160,6 +172,10 @@ def teacher_targets(fp32: nn.Module, frames: Frames) -> Frames:
 def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, calibration: Frames,
             options: QATOptions, on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """prepare -> train (vector warm-up, optional LEE penalty) -> convert. Returns the converted model."""
+    if max(options.vector_warmup, options.activation_warmup) >= options.epochs:
+        raise InputError(f"QAT warm-up ({max(options.vector_warmup, options.activation_warmup)} epochs) must be "
+                         f"shorter than the {options.epochs} QAT epochs",
+                         hint="raise --qat-epochs or lower --vector-warmup / --activation-warmup")
     if options.targets not in {t.value for t in QATTargets}:
         raise InputError(f"unknown QAT targets '{options.targets}'", hint="choose teacher or labels")
     if options.targets == QATTargets.TEACHER.value:
@@ -169,13 +185,14 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
 
     def schedule(epoch: int, models: list[nn.Module]) -> None:
         for m in models:
-            set_vector_quantization(m, epoch >= options.vector_warmup)
+            set_vector_quantization(m, epoch >= max(options.vector_warmup, options.activation_warmup))
+            set_activation_quantization(m, epoch >= options.activation_warmup)
 
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,
                                  final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed)
     result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,
-                         select_from_epoch=options.vector_warmup)
+                         select_from_epoch=max(options.vector_warmup, options.activation_warmup))
     convert_qat(result.model)
     if config.energy_correction:
         correct_energy_offset(fp32, result.model, calibration.subset(range(min(config.calib_frames, len(calibration)))))

@@ -110,3 +110,27 @@ def test_run_qat_rejects_unknown_targets(train_frames):
     with pytest.raises(InputError, match="unknown QAT targets"):
         run_qat(make_tiny_model(), QuantConfig.from_preset("w4a8"), train_frames, train_frames, train_frames,
                 QATOptions(targets="oracle"))
+
+
+def test_activation_warmup_switches_all_activation_quantizers_and_convert_redeploys_them(train_frames):
+    from gaqtool.qat import set_activation_quantization
+
+    model = prepare_qat(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    quantizer = _vector_quantizer(model)
+    x = quantizer.irreps.randn(16, -1)
+    set_activation_quantization(model, False)
+    assert torch.equal(quantizer(x), x)  # weights-only phase: activations pass through
+    convert_qat(model)
+    assert all(q.mode == "quantize" for q in model.modules() if isinstance(q, ActivationQuantizer))
+    assert not torch.equal(quantizer(x), x)
+
+
+def test_warmups_longer_than_training_are_refused(train_frames):
+    import pytest
+
+    from gaqtool.errors import InputError
+    from gaqtool.qat import run_qat
+
+    with pytest.raises(InputError, match="warm-up"):
+        run_qat(make_tiny_model(), QuantConfig.from_preset("w4a8"), train_frames, train_frames, train_frames,
+                QATOptions(epochs=2, activation_warmup=2, vector_warmup=0))

@@ -79,6 +79,7 @@ def quantize(
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
     data: Annotated[Optional[str], typer.Option("--data", help="QAT training data: rmd17:<molecule> (950 train / 50 val of split 01) or a file. Default: the model's molecule.")] = None,
     vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 2,
+    activation_warmup: Annotated[int, typer.Option("--activation-warmup", min=0, help="QAT epochs with no activation quantized at all (weights only) before the scalar and, after --vector-warmup, the l>0 activations are switched on.")] = 0,
     lee_weight: Annotated[float, typer.Option("--lee-weight", min=0.0, help="Weight of the QAT equivariance penalty |F(Rx) - R F(x)|^2 with a random rotation per step (0: off).")] = 0.0,
     qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 2e-4,
     qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
@@ -126,6 +127,7 @@ def quantize(
         if qat_epochs:
             quantized, qat_summary = _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar,
                                                 QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
+                                                           activation_warmup=activation_warmup,
                                                            lee_weight=lee_weight, tangent_projection=tangent_projection,
                                                            learning_rate=qat_lr, batch_size=qat_batch_size, seed=seed,
                                                            targets=qat_targets.value))
