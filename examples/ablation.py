@@ -19,6 +19,7 @@ import torch
 
 from gaqtool.config import QuantConfig
 from gaqtool.data.spec import resolve_data
+from gaqtool.io.atomic import atomic_write
 from gaqtool.io.checkpoint import default_model_path
 from gaqtool.io.loading import file_sha256, load_model
 from gaqtool.io.safetensors_io import save_quantized
@@ -71,6 +72,7 @@ def main() -> None:
 
     def qat(fp32, config, warmup, name, parent_name):
         options = QATOptions(epochs=args.qat_epochs, vector_warmup=warmup, seed=0)
+        config = config.replace(weight_clip="minmax")  # QAT starts from min-max weight steps (CLI default)
         model = run_qat(fp32, config, train, val, train, options).model
         measure(name, model, parent_name, frames, lee_frames, args.lee_rotations, size_of(model, config), rows)
 
@@ -98,8 +100,8 @@ def main() -> None:
         print(f"| {name} | {row['energy_mae_mev']:.2f} | {row['force_mae_mev_a']:.2f} | "
               f"{row['force_mae_mev_a'] / parent_force:.3f} | {row['lee_force_mean_mev_a']:.4g} | "
               f"{row['file_bytes'] / 1024:.1f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
+    text = json.dumps(rows, indent=2)
+    atomic_write(args.out, lambda path: path.write_text(text))
 
 
 if __name__ == "__main__":
