@@ -22,7 +22,7 @@ from torch import nn
 
 from gaqtool.config import QuantConfig
 from gaqtool.data.frames import Frames
-from gaqtool.data.graph import Batch
+from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.errors import InputError
 from gaqtool.metrics.accuracy import predict
 from gaqtool.metrics.equivariance import haar_rotations
@@ -34,7 +34,7 @@ from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_stor
 from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
 from gaqtool.workflow import correct_energy_offset, quantize_loaded
 
-__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization", "set_activation_quantization", "run_qat", "teacher_targets"]
+__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization", "set_activation_quantization", "recalibrate_activations", "run_qat", "teacher_targets"]
 
 
 class QATTargets(str, Enum):
@@ -48,7 +48,8 @@ class QATTargets(str, Enum):
 class QATOptions:
     """QAT schedule. ``vector_warmup``: epochs with l>0 activations left unquantized;
     ``activation_warmup``: epochs with no activation quantized at all (weights only), before the
-    scalars (and, after ``vector_warmup``, the l>0 features) are switched on.
+    scalars (and, after ``vector_warmup``, the l>0 features) are switched on; at the switch the
+    activation grids are recalibrated on the fine-tuned weights.
 
     ``targets``: what the training loss fits: ``"teacher"`` (default), the FP32 parent's own
     energies and forces on the training frames (distillation: the loss then measures the
@@ -120,6 +121,26 @@ def set_activation_quantization(model: nn.Module, enabled: bool) -> None:
 
 
 @torch.no_grad()
+def recalibrate_activations(model: nn.Module, frames: Frames, batch_size: int = 8) -> int:
+    """Re-measure every learnable activation grid with the model's current (fine-tuned) weights
+    and restart its learned step from there. Returns the number of quantizers recalibrated.
+
+    Used when activations are switched on after a weights-only warm-up: the grids calibrated on
+    the PTQ model no longer fit the activations of the fine-tuned weights.
+    """
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer) and m.learnable]
+    for quantizer in quantizers:
+        quantizer.mode = "calibrate"
+    for batch in iterate_batches(frames, batch_size, model.cutoff):
+        model(batch)
+    for quantizer in quantizers:
+        quantizer.finish_calibration()
+        for key in ("scalar_scale", "norm_scale"):
+            getattr(quantizer, f"log_{key}").copy_(getattr(quantizer, key).log())
+    return len(quantizers)
+
+
+@torch.no_grad()
 def convert_qat(model: nn.Module) -> nn.Module:
     """Freeze a QAT model into plain PTQ form (integer weights + scales as buffers), in place."""
     for module in model.modules():
@@ -183,10 +204,14 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
     model = prepare_qat(fp32, config, calibration, options.tangent_projection)
     rng = np.random.default_rng(options.seed)
 
+    recalibration = calibration.subset(range(min(config.calib_frames, len(calibration))))
+
     def schedule(epoch: int, models: list[nn.Module]) -> None:
         for m in models:
             set_vector_quantization(m, epoch >= max(options.vector_warmup, options.activation_warmup))
             set_activation_quantization(m, epoch >= options.activation_warmup)
+            if options.activation_warmup and epoch == options.activation_warmup:
+                recalibrate_activations(m, recalibration)  # the weights have moved since PTQ
 
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,

@@ -134,3 +134,18 @@ def test_warmups_longer_than_training_are_refused(train_frames):
     with pytest.raises(InputError, match="warm-up"):
         run_qat(make_tiny_model(), QuantConfig.from_preset("w4a8"), train_frames, train_frames, train_frames,
                 QATOptions(epochs=2, activation_warmup=2, vector_warmup=0))
+
+
+def test_recalibration_fits_the_grids_to_the_fine_tuned_weights(train_frames):
+    from gaqtool.qat import recalibrate_activations
+
+    model = prepare_qat(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    quantizer = _vector_quantizer(model)
+    before = quantizer.log_norm_scale.detach().clone()
+    with torch.no_grad():  # pretend the weights-only phase doubled a layer's output
+        model.layers[0].post_linear.qat_weight.mul_(2.0)
+        model.layers[0].post_linear.qat_weight_log_scale.add_(float(np.log(2.0)))
+    assert recalibrate_activations(model, train_frames.subset(range(4))) > 0
+    after = quantizer.log_norm_scale.detach()
+    assert quantizer.mode == "quantize" and not torch.allclose(after, before)
+    torch.testing.assert_close(after.exp(), quantizer.norm_scale)  # learned step restarts from the new grid
