@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gaqtool.config import QuantConfig
-from gaqtool.data.spec import resolve_data
+from gaqtool.data.spec import rmd17_protocol
 from gaqtool.io.loading import load_model
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
 from gaqtool.qat import QATOptions, run_qat
@@ -35,9 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(None)
-    train = resolve_data("rmd17", "train", args.rmd17_dir, loaded.molecule).frames
-    val = resolve_data("rmd17", "val", args.rmd17_dir, loaded.molecule).frames
-    test = resolve_data("rmd17", "test", args.rmd17_dir, loaded.molecule).frames.subset(range(0, 1000, 5))
+    train, val, test = rmd17_protocol(loaded.molecule, args.rmd17_dir)
+    test = test.subset(range(0, 1000, 5))
     for spec in args.specs:
         options = json.loads(spec)
         qat = {**PROBE_SCHEDULE, **options.pop("qat", {})}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gaqtool.config import QuantConfig
-from gaqtool.data.spec import resolve_data
+from gaqtool.data.spec import rmd17_protocol
 from gaqtool.io.atomic import atomic_write
 from gaqtool.io.loading import load_model
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
@@ -37,9 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(None)
-    train = resolve_data("rmd17", "train", args.rmd17_dir, loaded.molecule).frames
-    val = resolve_data("rmd17", "val", args.rmd17_dir, loaded.molecule).frames
-    test = resolve_data("rmd17", "test", args.rmd17_dir, loaded.molecule).frames.subset(range(0, 1000, 5))
+    train, val, test = rmd17_protocol(loaded.molecule, args.rmd17_dir)
+    test = test.subset(range(0, 1000, 5))
     lee_frames = test.subset(range(10))
     config = QuantConfig.from_preset(args.bits)
     models = {"FP32": loaded.model, f"PTQ {args.bits}": quantize_loaded(loaded.model, config, train)[0]}

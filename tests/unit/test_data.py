@@ -120,3 +120,12 @@ def test_unknown_molecule_missing_file_and_empty_selection(tmp_path, test_frames
         test_frames.subset([])
     with pytest.raises(DataError, match="shipped sample is aspirin only"):
         resolve_data("rmd17:ethanol", "test", None)
+
+
+def test_rmd17_protocol_gives_disjoint_train_and_validation_frames():
+    from gaqtool.data.spec import rmd17_protocol
+
+    train, val, test = rmd17_protocol("aspirin")  # shipped sample: 100 train frames split 90 / 10
+    assert (len(train), len(val), len(test)) == (90, 10, 200)
+    train_keys = {p.tobytes() for p in train.positions}
+    assert not any(p.tobytes() in train_keys for p in val.positions)

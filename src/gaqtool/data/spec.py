@@ -19,6 +19,7 @@ from gaqtool.data.frames import Frames, read_frames, read_npz
 from gaqtool.errors import DataError
 
 __all__ = [
+    "rmd17_protocol",
     "RMD17_MOLECULES",
     "RMD17_ENV",
     "DataSelection",
@@ -132,3 +133,10 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
         note = f"rMD17 {molecule}, split 01 {split}: {len(frames)} frames from {directory}"
     frames.molecule = molecule
     return DataSelection(frames, note)
+
+
+def rmd17_protocol(molecule: str, rmd17_dir: Path | str | None = None) -> tuple[Frames, Frames, Frames]:
+    """(train 950, validation 50, test 1000) frames of the standard rMD17 protocol for
+    ``molecule`` (split 01; the shipped sample's sizes when no directory is configured)."""
+    return tuple(resolve_data("rmd17", split, rmd17_dir, molecule).frames  # type: ignore[return-value]
+                 for split in ("train", "val", "test"))
