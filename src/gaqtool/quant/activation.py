@@ -117,9 +117,13 @@ class ActivationQuantizer(nn.Module):
         for (mul, ir), block in zip(self.irreps, blocks):
             if ir.l == 0:
                 sl = slice(scalar_offset, scalar_offset + mul)
-                quantizer = fake_quantize_lsq if self.learnable else fake_quantize
-                out.append(quantizer(block[..., 0], scalar_scale[sl], self.scalar_zero_point[sl],
-                                     self.num_bits, symmetric=False).unsqueeze(-1))
+                if self.learnable:  # identity input gradient: the deployed forces' rule
+                    q = fake_quantize_lsq(block[..., 0], scalar_scale[sl], self.scalar_zero_point[sl],
+                                          self.num_bits, symmetric=False, identity_input_grad=True)
+                else:
+                    q = fake_quantize(block[..., 0], scalar_scale[sl], self.scalar_zero_point[sl],
+                                      self.num_bits, symmetric=False)
+                out.append(q.unsqueeze(-1))
                 scalar_offset += mul
             elif not self.quantize_vectors:
                 out.append(block)
@@ -171,7 +175,7 @@ class ActivationQuantizer(nn.Module):
         norm = torch.sqrt((block * block).sum(-1, keepdim=True) + 1e-12)
         zero = torch.zeros((), dtype=torch.int32)
         norm_q = fake_quantize_lsq(norm, norm_scale.unsqueeze(-1), zero, self.num_bits,
-                                   symmetric=False)
+                                   symmetric=False, identity_input_grad=True)
         unit = block / norm.clamp_min(1e-12)
         with torch.no_grad():
             if self.direction_mode == "codebook" and l == 1:

@@ -167,13 +167,16 @@ def fake_quantize_lsq(
     zero_point: torch.Tensor,
     num_bits: int,
     symmetric: bool,
+    identity_input_grad: bool = False,
 ) -> torch.Tensor:
     """Fake quantization with a learnable step size (LSQ, Esser et al. 2019).
 
     Forward equals :func:`fake_quantize`. Backward: ``x`` gets gradient 1 inside the clamp range
-    and 0 outside; ``scale`` gets the LSQ gradient ``round(v) - v`` inside / ``qmin - zp`` or
-    ``qmax - zp`` outside (``v = x / scale + zp``), multiplied by ``1 / sqrt(x.numel() * qmax)``.
-    ``zero_point`` is not learned.
+    and 0 outside (or 1 everywhere with ``identity_input_grad``, the rule of
+    :func:`fake_quantize`: activations use it, so that forces by autograd are the same function
+    in QAT as in the deployed model); ``scale`` gets the LSQ gradient ``round(v) - v`` inside /
+    ``qmin - zp`` or ``qmax - zp`` outside (``v = x / scale + zp``), multiplied by
+    ``1 / sqrt(x.numel() * qmax)``. ``zero_point`` is not learned.
 
     Args:
         x: ``(...)`` floating. scale: positive float tensor broadcastable to ``x``, usually
@@ -186,6 +189,9 @@ def fake_quantize_lsq(
     factor = 1.0 / math.sqrt(max(x.numel(), 1) * qmax)
     s = _scale_grad(torch.as_tensor(scale).to(x.dtype), factor)
     zp = torch.as_tensor(zero_point).detach().to(x.dtype)
+    if identity_input_grad:
+        v = (x.detach() / s + zp).clamp(qmin, qmax)
+        return (_round_ste(v) - zp) * s + (x - x.detach())
     v = (x / s + zp).clamp(qmin, qmax)
     return (_round_ste(v) - zp) * s
 
