@@ -66,7 +66,7 @@ class MDResult:
     potential_energy: np.ndarray
     kinetic_energy: np.ndarray
     temperature: np.ndarray
-    conserved_potential_energy: np.ndarray | None = None
+    conserved_potential_energy: np.ndarray
     blowup: str | None = None
     snapshots: list[Atoms] = field(default_factory=list)
 
@@ -74,9 +74,7 @@ class MDResult:
     def total_energy(self) -> np.ndarray:
         """Conserved potential + kinetic energy (eV): constant up to integrator error for
         conservative forces."""
-        conserved = (self.potential_energy if self.conserved_potential_energy is None
-                     else self.conserved_potential_energy)
-        return conserved + self.kinetic_energy
+        return self.conserved_potential_energy + self.kinetic_energy
 
     @property
     def reported_total_energy(self) -> np.ndarray:

@@ -32,9 +32,10 @@ from gaqtool.quant.modules import QuantizedModule
 from gaqtool.quant.primitives import fake_quantize_lsq, quantize
 from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_storage_precision
 from gaqtool.training import TrainOptions, TrainResult, energy_force_loss, train_model
-from gaqtool.workflow import correct_energy_offset, quantize_loaded
+from gaqtool.workflow import calibration_subset, correct_energy_offset, quantize_loaded
 
-__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization", "set_activation_quantization", "recalibrate_activations", "run_qat", "teacher_targets"]
+__all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization",
+           "set_activation_quantization", "recalibrate_activations", "run_qat", "teacher_targets"]
 
 
 class QATTargets(str, Enum):
@@ -66,6 +67,11 @@ class QATOptions:
     batch_size: int = 8
     seed: int = 0
     targets: str = "teacher"
+
+    @property
+    def fully_quantized_from(self) -> int:
+        """First epoch with every activation (scalars and l>0) quantized."""
+        return max(self.vector_warmup, self.activation_warmup)
 
 
 def _weight_hook(module: QuantizedModule, _inputs) -> None:
@@ -187,38 +193,37 @@ def teacher_targets(fp32: nn.Module, frames: Frames) -> Frames:
     """``frames`` with energies (eV) and forces (eV/A) replaced by the FP32 parent's predictions."""
     pred = predict(fp32.eval(), frames)
     return replace(frames, energies=pred.energies.copy(), forces=[f.copy() for f in pred.forces],
-                               source=f"FP32 teacher predictions on {frames.source}")
+                   source=f"FP32 teacher predictions on {frames.source}")
 
 
 def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, calibration: Frames,
             options: QATOptions, on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """prepare -> train (vector warm-up, optional LEE penalty) -> convert. Returns the converted model."""
-    if max(options.vector_warmup, options.activation_warmup) >= options.epochs:
-        raise InputError(f"QAT warm-up ({max(options.vector_warmup, options.activation_warmup)} epochs) must be "
+    if options.fully_quantized_from >= options.epochs:
+        raise InputError(f"QAT warm-up ({options.fully_quantized_from} epochs) must be "
                          f"shorter than the {options.epochs} QAT epochs",
                          hint="raise --qat-epochs or lower --vector-warmup / --activation-warmup")
     if options.targets not in {t.value for t in QATTargets}:
         raise InputError(f"unknown QAT targets '{options.targets}'", hint="choose teacher or labels")
     if options.targets == QATTargets.TEACHER.value:
         train = teacher_targets(fp32, train)
+    calibration = calibration_subset(config, calibration)  # calibration, recalibration, bias correction
     model = prepare_qat(fp32, config, calibration, options.tangent_projection)
     rng = np.random.default_rng(options.seed)
 
-    recalibration = calibration.subset(range(min(config.calib_frames, len(calibration))))
-
     def schedule(epoch: int, models: list[nn.Module]) -> None:
         for m in models:
-            set_vector_quantization(m, epoch >= max(options.vector_warmup, options.activation_warmup))
+            set_vector_quantization(m, epoch >= options.fully_quantized_from)
             set_activation_quantization(m, epoch >= options.activation_warmup)
             if options.activation_warmup and epoch == options.activation_warmup:
-                recalibrate_activations(m, recalibration)  # the weights have moved since PTQ
+                recalibrate_activations(m, calibration)  # the weights have moved since PTQ
 
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,
                                  final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed)
     result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,
-                         select_from_epoch=max(options.vector_warmup, options.activation_warmup))
+                         select_from_epoch=options.fully_quantized_from)
     convert_qat(result.model)
     if config.energy_correction:
-        correct_energy_offset(fp32, result.model, calibration.subset(range(min(config.calib_frames, len(calibration)))))
+        correct_energy_offset(fp32, result.model, calibration)
     return result

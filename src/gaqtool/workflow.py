@@ -19,7 +19,7 @@ from gaqtool.metrics.accuracy import accuracy_metrics, predict
 from gaqtool.metrics.equivariance import local_equivariance_error
 from gaqtool.quant.apply import QuantPlan, calibrate, quantize_model
 
-__all__ = ["quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
+__all__ = ["calibration_subset", "quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
 
 FORCE_MODE_NOTE = {
     "ste": "forces = -dE/dx by autograd with every activation rounding treated as identity in the "
@@ -30,12 +30,18 @@ FORCE_MODE_NOTE = {
 }
 
 
+def calibration_subset(config: QuantConfig, frames: Frames) -> Frames:
+    """The first ``config.calib_frames`` of ``frames``: what calibration and the energy bias
+    correction see."""
+    return frames.subset(range(min(config.calib_frames, len(frames))))
+
+
 def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Frames,
                     on_progress: Callable[[int], None] | None = None) -> tuple[torch.nn.Module, QuantPlan]:
     """A quantized, calibrated deep copy of ``fp32`` (the original is left untouched)."""
     torch.manual_seed(config.seed)
     model, plan = quantize_model(copy.deepcopy(fp32).eval(), config)
-    frames = calibration.subset(range(min(config.calib_frames, len(calibration))))
+    frames = calibration_subset(config, calibration)
     calibrate(model, iterate_batches(frames, 8, model.cutoff), lambda m, b: m(b),
               (lambda b: on_progress(b.num_molecules)) if on_progress else None)
     if config.energy_correction and hasattr(model, "energy_shift"):

@@ -65,17 +65,14 @@ def _column_scales(block: torch.Tensor, num_bits: int, clip_search: bool) -> tor
     if not clip_search:
         return best_scale
     zero = torch.zeros_like(best_scale, dtype=torch.int32)
-    best_error = None
+    best_error = torch.full_like(best_scale, float("inf"))
     for ratio in CLIP_RATIOS.tolist():
         scale = to_storage_precision(choose_qparams(low * ratio, high * ratio, num_bits, symmetric=True)[0])
         error = ((dequantize(quantize(block, scale, zero, num_bits, symmetric=True), scale, zero)
                   - block) ** 2).sum(0)
-        if best_error is None:
-            best_error, best_scale = error, scale
-        else:
-            better = error < best_error
-            best_error = torch.where(better, error, best_error)
-            best_scale = torch.where(better, scale, best_scale)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale = torch.where(better, scale, best_scale)
     return best_scale
 
 
