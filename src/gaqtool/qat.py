@@ -220,7 +220,8 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
 
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,
-                                 final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed)
+                                 final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed,
+                                 offset_free_selection=config.energy_correction)  # offset re-fitted below
     result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,
                          select_from_epoch=options.fully_quantized_from)
     convert_qat(result.model)

@@ -18,7 +18,7 @@ from gaqtool import distributed
 from gaqtool.data.frames import Frames
 from gaqtool.errors import GaqtoolError
 from gaqtool.data.graph import Batch, iterate_batches
-from gaqtool.metrics.accuracy import accuracy_metrics, predict
+from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, predict
 from gaqtool.models.potential import energy_and_forces
 
 __all__ = ["TrainOptions", "TrainResult", "fit_energy_shift", "force_rms", "energy_force_loss",
@@ -39,6 +39,7 @@ class TrainOptions:
     ema_decay: float = 0.99
     seed: int = 0
     max_minutes: float | None = None
+    offset_free_selection: bool = False  # select epochs on energy errors minus their mean per atom
 
 
 @dataclass
@@ -86,6 +87,14 @@ def _lr_factor(step: int, total: int, options: TrainOptions) -> float:
     return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def offset_free_energy_mae(predictions: Predictions, frames: Frames) -> float:
+    """Energy MAE (meV) after removing the mean error per atom: what is left once a constant
+    per-atom shift is corrected (as QAT does at the end, label-free, against the FP32 parent)."""
+    atoms = np.asarray(frames.num_atoms, dtype=np.float64)
+    errors = (predictions.energies - frames.energies) * 1000.0
+    return float(np.abs(errors - atoms * (errors / atoms).mean()).mean())
+
+
 def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: TrainOptions,
                 on_step: Callable[[dict], None] | None = None,
                 loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,
@@ -122,9 +131,10 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
     mean_atoms = float(np.mean(val.num_atoms))
 
     def score(metrics: dict) -> float:
-        """Validation score with the loss's weights: w_F * force MAE + w_E * energy MAE per atom."""
-        return (options.force_weight * metrics["force_mae_mev_a"]
-                + options.energy_weight * metrics["energy_mae_mev"] / mean_atoms)
+        """Validation score with the loss's weights: w_F * force MAE + w_E * energy MAE per atom
+        (the offset-free energy MAE with ``offset_free_selection``)."""
+        energy = metrics.get("energy_mae_offset_free_mev", metrics["energy_mae_mev"])
+        return options.force_weight * metrics["force_mae_mev_a"] + options.energy_weight * energy / mean_atoms
 
     best: dict[str, float] = {}
     best_score = math.inf
@@ -150,7 +160,10 @@ def train_model(model: torch.nn.Module, train: Frames, val: Frames, options: Tra
                 on_step({"kind": "step", "epoch": epoch, "loss": losses[-1],
                          "lr": scheduler.get_last_lr()[0]})
         ema.module.eval()
-        metrics = accuracy_metrics(predict(ema.module, val, batch_size=25), val)
+        predictions = predict(ema.module, val, batch_size=25)
+        metrics = accuracy_metrics(predictions, val)
+        if options.offset_free_selection:
+            metrics["energy_mae_offset_free_mev"] = offset_free_energy_mae(predictions, val)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "seconds": time.perf_counter() - start, **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(record)

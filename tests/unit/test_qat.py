@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from gaqtool.config import QuantConfig
@@ -170,3 +171,15 @@ def test_learnable_activation_grids_pass_the_deployed_gradient_so_forces_match(t
     # PTQ start, validation force MAE 144.55 (QAT path) vs 144.45 (deployed) meV/A
     batch = make_batch(test_frames, [0, 1], model.cutoff)
     assert torch.isfinite(energy_and_forces(model, batch)[1]).all()
+
+
+def test_offset_free_energy_mae_ignores_a_constant_shift_per_atom(test_frames):
+    from gaqtool.metrics.accuracy import Predictions
+    from gaqtool.training import offset_free_energy_mae
+
+    frames = test_frames.subset(range(5))
+    noise = np.array([0.01, -0.02, 0.0, 0.03, -0.01])
+    shifted = Predictions(frames.energies + noise + 0.5 * frames.num_atoms, frames.forces)
+    exact = Predictions(frames.energies + noise, frames.forces)
+    assert offset_free_energy_mae(shifted, frames) == pytest.approx(offset_free_energy_mae(exact, frames))
+    assert offset_free_energy_mae(exact, frames) == pytest.approx(1000 * np.abs(noise - noise.mean()).mean())
