@@ -13,7 +13,7 @@ from typing import Any
 
 from gaqtool.errors import InputError
 
-__all__ = ["Method", "ObserverKind", "DirectionMode", "ForceMode", "QuantConfig",
+__all__ = ["Method", "ObserverKind", "WeightClip", "WeightRounding", "DirectionMode", "ForceMode", "QuantConfig",
            "QUANT_CONFIG_VERSION", "parse_bits"]
 
 QUANT_CONFIG_VERSION = 1
@@ -40,6 +40,15 @@ class WeightClip(str, Enum):
 
     MINMAX = "minmax"
     MSE = "mse"
+
+
+class WeightRounding(str, Enum):
+    """How weights are rounded onto their grid: each to its nearest grid point, or by GPTQ
+    (``gaqtool.quant.gptq``: row by row, the rounding error pushed onto the rows not yet rounded
+    so that the layer's outputs and their derivatives on the calibration molecules move least)."""
+
+    NEAREST = "nearest"
+    GPTQ = "gptq"
 
 
 class DirectionMode(str, Enum):
@@ -96,6 +105,8 @@ class QuantConfig:
     group_size:       None = one scale per output channel; else per group of input channels
     observer:         calibration statistic for activation ranges
     weight_clip:      per-channel weight scales from min-max or the MSE-optimal clipping ratio
+    weight_rounding:  'nearest', or 'gptq' (error-compensating rounding fitted on the
+                      calibration molecules; same grid and scales, different integers)
     direction_mode:   MDDQ direction rounding ('frame' default: equivariant local frames)
     direction_bits:   bits per component for MDDQ 'component' / 'frame' directions
     codebook_size:    points of the spherical codebook for 'codebook' directions (l=1)
@@ -111,6 +122,7 @@ class QuantConfig:
     method: Method = Method.GAQ
     observer: ObserverKind = ObserverKind.MINMAX
     weight_clip: WeightClip = WeightClip.MSE
+    weight_rounding: WeightRounding = WeightRounding.GPTQ
     percentile: float = 99.99
     direction_mode: DirectionMode = DirectionMode.FRAME
     direction_bits: int = 8
@@ -138,6 +150,7 @@ class QuantConfig:
         if self.calib_frames < 1:
             raise InputError(f"--calib-frames must be at least 1, got {self.calib_frames}")
         for name, enum in (("method", Method), ("observer", ObserverKind), ("weight_clip", WeightClip),
+                            ("weight_rounding", WeightRounding),
                            ("direction_mode", DirectionMode), ("force_mode", ForceMode)):
             value = getattr(self, name)
             if not isinstance(value, enum):
@@ -184,5 +197,6 @@ class QuantConfig:
         if unknown:
             raise InputError(f"unknown quantization config keys: {', '.join(sorted(unknown))}")
         values = dict(data)
+        values.setdefault("weight_rounding", WeightRounding.NEAREST.value)  # files before 0.1.2
         values["keep_fp32"] = tuple(values.get("keep_fp32", ()))
         return cls(**values)

@@ -1,5 +1,5 @@
 """The quantization workflow shared by ``gaqtool quantize``, QAT and the benchmarks:
-load -> quantize_model -> calibrate -> evaluate (accuracy, LEE, size) -> save."""
+load -> quantize_model -> GPTQ weight rounding -> calibrate -> evaluate (accuracy, LEE, size) -> save."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from gaqtool.config import QuantConfig
+from gaqtool.config import QuantConfig, WeightRounding
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import iterate_batches
 from gaqtool.io.loading import LoadedModel, file_sha256
@@ -18,6 +18,7 @@ from gaqtool.io.safetensors_io import file_tensors, save_quantized
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
 from gaqtool.metrics.equivariance import local_equivariance_error
 from gaqtool.quant.apply import QuantPlan, calibrate, quantize_model
+from gaqtool.quant.gptq import gptq_
 
 __all__ = ["calibration_subset", "quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
 
@@ -42,6 +43,9 @@ def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Fra
     torch.manual_seed(config.seed)
     model, plan = quantize_model(copy.deepcopy(fp32).eval(), config)
     frames = calibration_subset(config, calibration)
+    if config.weight_rounding == WeightRounding.GPTQ:
+        for path in gptq_(model, fp32, frames):
+            plan.entries[path]["rounding"] = "gptq"
     calibrate(model, iterate_batches(frames, 8, model.cutoff), lambda m, b: m(b),
               (lambda b: on_progress(b.num_molecules)) if on_progress else None)
     if config.energy_correction and hasattr(model, "energy_shift"):

@@ -125,12 +125,15 @@ def frames():
 @pytest.fixture(scope="module")
 def models(frames):
     fp32 = make_tiny_model()
+
+    def config(bits, **changes):  # rounding to nearest: the error bounds below are stated for it
+        return QuantConfig.from_preset(bits, energy_correction=False, weight_rounding="nearest", **changes)
+
     return {"fp32": fp32,
-            "w4a8": quantize_loaded(fp32, QuantConfig.from_preset("w4a8", energy_correction=False), frames)[0],
-            "w4": quantize_loaded(fp32, QuantConfig.from_preset("w4", energy_correction=False), frames)[0],
-            "w8a8": quantize_loaded(fp32, QuantConfig.from_preset("w8a8", energy_correction=False), frames)[0],
-            "naive-w8a8": quantize_loaded(fp32, QuantConfig.from_preset("w8a8", method=Method.NAIVE, energy_correction=False),
-                                          frames)[0]}
+            "w4a8": quantize_loaded(fp32, config("w4a8"), frames)[0],
+            "w4": quantize_loaded(fp32, config("w4"), frames)[0],
+            "w8a8": quantize_loaded(fp32, config("w8a8"), frames)[0],
+            "naive-w8a8": quantize_loaded(fp32, config("w8a8", method=Method.NAIVE), frames)[0]}
 
 
 def _per_row_reference(module, x):

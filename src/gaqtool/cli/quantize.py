@@ -13,7 +13,7 @@ from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
-from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip
+from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write
@@ -28,11 +28,11 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(
 
 def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                  codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True,
-                 weight_clip=WeightClip.MSE) -> QuantConfig:
+                 weight_clip=WeightClip.MSE, weight_rounding=WeightRounding.GPTQ) -> QuantConfig:
     """QuantConfig from command-line values (shared with QAT)."""
     return QuantConfig.from_preset(
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
-        weight_clip=weight_clip,
+        weight_clip=weight_clip, weight_rounding=weight_rounding,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
         calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed,
         energy_correction=energy_correction)
@@ -64,6 +64,7 @@ def quantize(
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
     weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. Default: mse for post-training quantization, minmax as the start of QAT (LSQ learns its own clipping; MSE-clipped starts fine-tuned worse). --method naive always uses one min-max scale per tensor.", show_default=False)] = None,
+    weight_rounding: Annotated[Optional[WeightRounding], typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. Default: gptq for post-training quantization, nearest as the start of QAT (QAT re-rounds its own weights).", show_default=False)] = None,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
     codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
@@ -106,9 +107,11 @@ def quantize(
         raise InputError(f"--output must end in .safetensors, got '{output}'")
     if weight_clip is None:
         weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
+    if weight_rounding is None:
+        weight_rounding = WeightRounding.NEAREST if qat_epochs else WeightRounding.GPTQ
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
-                          weight_clip)
+                          weight_clip, weight_rounding)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle)
     if loaded.kind != "fp32":

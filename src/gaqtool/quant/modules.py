@@ -42,6 +42,7 @@ class QuantizedModule(nn.Module):
         self.weight_bits = int(weight_bits if weight_bits is not None else config.weight_bits)
         self.group_size = config.group_size
         self.per_tensor = config.method.value == "naive"
+        self.clip_search = config.weight_clip == WeightClip.MSE
         quantize_inputs = config.quantizes_activations
         self.input_quantizers = nn.ModuleList(
             ActivationQuantizer(irreps, config) if (irreps is not None and quantize_inputs) else nn.Identity()
@@ -51,7 +52,7 @@ class QuantizedModule(nn.Module):
                 setattr(self, attr, getattr(inner, attr))
         for name in self.weight_names:
             values, scales = quantize_parameter(inner, name, self.weight_bits, self.group_size, self.per_tensor,
-                                                clip_search=config.weight_clip == WeightClip.MSE)
+                                                clip_search=self.clip_search)
             self.register_buffer(f"{name}_int", values)
             self.register_buffer(f"{name}_scale", scales)
             self._set_weight(name, dequantize_parameter(inner, name, values, scales, self.group_size,
