@@ -56,6 +56,8 @@ class QATOptions:
     energies and forces on the training frames (distillation: the loss then measures the
     quantization error alone, not the parent's irreducible error against DFT); or ``"labels"``,
     the reference DFT labels. Validation and model selection always use the labels.
+    ``energy_weight``: weight of the per-atom energy MSE (eV^2) next to the force MSE ((eV/A)^2)
+    in the loss and the selection score.
     """
 
     epochs: int = 10
@@ -67,6 +69,7 @@ class QATOptions:
     batch_size: int = 8
     seed: int = 0
     targets: str = "teacher"
+    energy_weight: float = 1.0
 
     @property
     def fully_quantized_from(self) -> int:
@@ -178,7 +181,7 @@ def qat_loss(options: QATOptions, rng: np.random.Generator) -> Callable[[nn.Modu
 
     def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
         energies, forces = energy_and_forces(model, batch, create_graph=True)
-        total = energy_force_loss(energies, forces, batch, 1.0, 1.0)
+        total = energy_force_loss(energies, forces, batch, options.energy_weight, 1.0)
         if options.lee_weight > 0:
             rotation = torch.tensor(haar_rotations(1, int(rng.integers(1 << 31)))[0], dtype=forces.dtype)
             _, rotated = energy_and_forces(model, replace(batch, positions=batch.positions @ rotation.T),
@@ -220,6 +223,7 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
 
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,
+                                 energy_weight=options.energy_weight,
                                  final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed,
                                  offset_free_selection=config.energy_correction)  # offset re-fitted below
     result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,

@@ -183,3 +183,18 @@ def test_offset_free_energy_mae_ignores_a_constant_shift_per_atom(test_frames):
     exact = Predictions(frames.energies + noise, frames.forces)
     assert offset_free_energy_mae(shifted, frames) == pytest.approx(offset_free_energy_mae(exact, frames))
     assert offset_free_energy_mae(exact, frames) == pytest.approx(1000 * np.abs(noise - noise.mean()).mean())
+
+
+def test_qat_energy_weight_scales_the_energy_term_only(train_frames):
+    from gaqtool.training import energy_force_loss
+
+    model = prepare_qat(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=4), train_frames)
+    batch = make_batch(train_frames, range(4), model.cutoff)
+    energies, forces = energy_and_forces(model, batch)
+    energy_term = float(energy_force_loss(energies, forces, batch, 1.0, 0.0))
+    force_term = float(energy_force_loss(energies, forces, batch, 0.0, 1.0))
+    rng = np.random.default_rng(0)
+    for weight in (1.0, 20.0):
+        loss = float(qat_loss(QATOptions(energy_weight=weight), rng)(model, batch))
+        assert loss == pytest.approx(weight * energy_term + force_term, rel=1e-5)
+    assert energy_term > 0 and force_term > 0
