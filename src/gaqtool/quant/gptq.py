@@ -6,10 +6,10 @@ minimises ``|W - Q|^2``; GPTQ (Frantar et al., arXiv 2210.17323) minimises ``|X 
 rounding one input row of W at a time and pushing its rounding error onto the rows not yet
 rounded, through the inverse of ``H = X^T X``. Forces are -dE/dx, so a potential also needs the
 derivatives of the layer outputs right: ``dX/dx . (W - Q)``. We add those rows, measured by
-central differences along random displacements of the atoms (float64; built from each atom's
-bond vectors, so they turn with the molecule and the result does not depend on the
-orientation of the calibration molecules), and mix the two
-objectives with equal weight after normalising each to unit trace:
+central differences (float64) along random displacements of the atoms built from the unit
+vectors to their neighbours, so that the displacements turn with the molecule and the result
+does not depend on how the calibration molecules are oriented; the two objectives are mixed
+with equal weight after normalising each to unit trace:
 
     H = (1 - TANGENT_WEIGHT) V / tr V + TANGENT_WEIGHT T / tr T,   V = X^T X,  T = dX^T dX
 
@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from typing import Callable
-
 import torch
 from torch import nn
 
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import iterate_batches
+from gaqtool.quant.apply import activation_quantizers
 from gaqtool.quant.modules import QuantizedModule
 from gaqtool.quant.primitives import quantize
-from gaqtool.quant.weights import _column_scales, _groups, matrix_views
+from gaqtool.quant.weights import column_scales, matrix_views, row_groups
 
 __all__ = ["gptq_round", "gptq_", "SUPPORTED_KINDS"]
 
@@ -65,8 +64,8 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, num_bits: int, group
     """
     weight = weight.detach().double()
     rows, cols = weight.shape
-    groups = _groups(rows, group_size)
-    scales = torch.stack([_column_scales(weight[g].float(), num_bits, clip_search) for g in groups])
+    groups = row_groups(rows, group_size)
+    scales = torch.stack([column_scales(weight[g].float(), num_bits, clip_search) for g in groups])
     row_scale = torch.empty(rows, cols, dtype=torch.float64)
     for g, scale in zip(groups, scales):
         row_scale[g] = scale.double()
@@ -163,15 +162,12 @@ def _hessians(model: nn.Module, modules: list[tuple[str, nn.Module]], batches: l
 
 
 @torch.no_grad()
-def gptq_(model: nn.Module, fp32: nn.Module, frames: Frames,
-          on_module: Callable[[str], None] | None = None) -> list[str]:
+def gptq_(model: nn.Module, fp32: nn.Module, frames: Frames) -> list[str]:
     """Re-round, in place, the weights of every per-channel ``QuantizedModule`` of ``model`` of a
     supported kind by GPTQ on ``frames`` (calibration molecules), starting from the FP32 weights
     of ``fp32`` (same module paths). Other weights (embeddings, tensor products, per-tensor
     ``naive`` grids) keep rounding to nearest. Returns the module paths re-rounded, in order.
     """
-    from gaqtool.quant.apply import activation_quantizers
-
     work = copy.deepcopy(model).double().eval()  # float64: the derivative rows need it
     for quantizer in activation_quantizers(work):
         quantizer.mode = "off"
@@ -202,6 +198,4 @@ def gptq_(model: nn.Module, fp32: nn.Module, frames: Frames,
                 v.copy_(q)
                 scales.append(s)
             wrapped.load_quantized_weight(name, values, torch.cat(scales))
-        if on_module:
-            on_module(path)
     return order

@@ -15,7 +15,7 @@ from torch import nn
 from gaqtool.quant.primitives import choose_qparams, dequantize, quantize
 
 __all__ = ["matrix_views", "quantize_parameter", "dequantize_parameter", "scale_index_map",
-           "to_storage_precision"]
+           "column_scales", "row_groups", "to_storage_precision"]
 
 
 def matrix_views(module: nn.Module, name: str, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -46,7 +46,8 @@ def to_storage_precision(scale: torch.Tensor) -> torch.Tensor:
     return scale.float().clamp(6.2e-5, 6.5e4).half().float()
 
 
-def _groups(rows: int, group_size: int | None) -> list[slice]:
+def row_groups(rows: int, group_size: int | None) -> list[slice]:
+    """Slices of the input rows that share a scale: all rows, or consecutive groups."""
     if group_size is None or group_size >= rows:
         return [slice(0, rows)]
     return [slice(s, min(s + group_size, rows)) for s in range(0, rows, group_size)]
@@ -56,7 +57,7 @@ def _groups(rows: int, group_size: int | None) -> list[slice]:
 CLIP_RATIOS = torch.linspace(0.3, 1.0, 36)
 
 
-def _column_scales(block: torch.Tensor, num_bits: int, clip_search: bool) -> torch.Tensor:
+def column_scales(block: torch.Tensor, num_bits: int, clip_search: bool) -> torch.Tensor:
     """Symmetric scale per column of ``block (rows, cols)``, float16-representable: from the
     column's max |w|, or (``clip_search``) from the clipped max that minimises the column's
     squared rounding error sum_rows (w - Q(w))^2 over :data:`CLIP_RATIOS`."""
@@ -91,9 +92,9 @@ def quantize_parameter(module: nn.Module, name: str, num_bits: int, group_size: 
         return values, scale.reshape(1).float()
     scales = []
     for w, q in zip(matrix_views(module, name, weight), matrix_views(module, name, values)):
-        for rows in _groups(w.shape[0], group_size):
+        for rows in row_groups(w.shape[0], group_size):
             block = w[rows]
-            scale = _column_scales(block, num_bits, clip_search)
+            scale = column_scales(block, num_bits, clip_search)
             zero = torch.zeros_like(scale, dtype=torch.int32)
             q[rows] = quantize(block, scale, zero, num_bits, symmetric=True).to(torch.int8)
             scales.append(scale.float().reshape(-1))
@@ -108,7 +109,7 @@ def dequantize_parameter(module: nn.Module, name: str, values: torch.Tensor, sca
         return out.copy_(values.float() * scales.reshape(()))
     offset = 0
     for q, w in zip(matrix_views(module, name, values), matrix_views(module, name, out)):
-        for rows in _groups(q.shape[0], group_size):
+        for rows in row_groups(q.shape[0], group_size):
             count = q.shape[1]
             scale = scales[offset:offset + count]
             w[rows] = dequantize(q[rows].to(torch.int32), scale, torch.zeros_like(scale, dtype=torch.int32))
@@ -129,7 +130,7 @@ def scale_index_map(module: nn.Module, name: str, group_size: int | None, per_te
     offset = 0
     for view in matrix_views(module, name, index):
         cols = view.shape[1]
-        for rows in _groups(view.shape[0], group_size):
+        for rows in row_groups(view.shape[0], group_size):
             view[rows] = torch.arange(offset, offset + cols)
             offset += cols
     return index
