@@ -198,3 +198,19 @@ def test_qat_energy_weight_scales_the_energy_term_only(train_frames):
         loss = float(qat_loss(QATOptions(energy_weight=weight), rng)(model, batch))
         assert loss == pytest.approx(weight * energy_term + force_term, rel=1e-5)
     assert energy_term > 0 and force_term > 0
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_qat_latent_weights_start_from_fp32_or_from_the_gptq_rounded_weights(train_frames, rounding):
+    fp32 = make_tiny_model()
+    config = QuantConfig.from_preset("w4a8", calib_frames=4, weight_clip="minmax", weight_rounding=rounding)
+    model = prepare_qat(fp32, config, train_frames)
+    module = model.layers[0].pre_linear
+    latent = module.qat_weight.detach()
+    original = fp32.layers[0].pre_linear.weight.detach()
+    if rounding == "nearest":
+        torch.testing.assert_close(latent, original)
+    else:  # on the grid: latent / scale is an integer, and it is not the FP32 weight
+        steps = latent / module.qat_weight_log_scale.detach().exp()[module.qat_weight_index]
+        torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)
+        assert not torch.allclose(latent, original)
