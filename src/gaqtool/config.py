@@ -13,8 +13,8 @@ from typing import Any
 
 from gaqtool.errors import InputError
 
-__all__ = ["Method", "ObserverKind", "WeightClip", "WeightRounding", "DirectionMode", "ForceMode", "QuantConfig",
-           "QUANT_CONFIG_VERSION", "parse_bits"]
+__all__ = ["Method", "ObserverKind", "WeightClip", "WeightRounding", "DirectionMode", "ForceMode",
+           "QuantConfig", "QUANT_CONFIG_VERSION", "parse_bits"]
 
 QUANT_CONFIG_VERSION = 1
 
@@ -150,8 +150,8 @@ class QuantConfig:
         if self.calib_frames < 1:
             raise InputError(f"--calib-frames must be at least 1, got {self.calib_frames}")
         for name, enum in (("method", Method), ("observer", ObserverKind), ("weight_clip", WeightClip),
-                            ("weight_rounding", WeightRounding),
-                           ("direction_mode", DirectionMode), ("force_mode", ForceMode)):
+                           ("weight_rounding", WeightRounding), ("direction_mode", DirectionMode),
+                           ("force_mode", ForceMode)):
             value = getattr(self, name)
             if not isinstance(value, enum):
                 try:

@@ -71,7 +71,8 @@ def inspect(
                   f"({format_bytes(summary['tensor_bytes'])} tensors, "
                   f"{format_bytes(summary['header_bytes'])} header)", highlight=False)
     console.print(f"method {config.method.value} {config.bits_label}, group size {config.group_size or 'per-channel'}, "
-                  f"weights {config.weight_clip.value}-clipped, {config.weight_rounding.value} rounding, observer {config.observer.value}, directions {config.direction_mode.value}; "
+                  f"weights {config.weight_clip.value}-clipped, {config.weight_rounding.value} rounding, "
+                  f"observer {config.observer.value}, directions {config.direction_mode.value}; "
                   f"molecule {qfile.model_config.get('molecule', '?')}; source sha256 "
                   f"{qfile.raw_metadata.get('gaqtool.source_sha256', '?')[:16]}…", highlight=False)
     if tensors:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -127,8 +128,10 @@ class _InputRecorder:
         self.calls.append([r.double() for r in _input_rows(self.kind, self.module, args[0].detach())])
 
 
-def _hessians(model: nn.Module, modules: list[tuple[str, nn.Module]], batches: list) -> list[list[torch.Tensor]]:
-    """H per weight view of each (kind, submodule of ``model``) (see the module docstring)."""
+def _hessians(model: nn.Module, modules: list[tuple[str, nn.Module]], batches: list
+              ) -> list[list[torch.Tensor] | None]:
+    """H per weight view of each (kind, submodule of ``model``) (see the module docstring);
+    None for a module the model never calls."""
     recorders = [_InputRecorder(kind, m) for kind, m in modules]
     handles = [m.register_forward_pre_hook(r) for (_, m), r in zip(modules, recorders)]
     values: list = [None] * len(modules)
@@ -144,7 +147,8 @@ def _hessians(model: nn.Module, modules: list[tuple[str, nn.Module]], batches: l
                 r.calls.clear()
             model(batch)
             for k, r in enumerate(recorders):
-                values[k] = add(values[k], [x.t() @ x for x in r.calls[0]])
+                if r.calls:
+                    values[k] = add(values[k], [x.t() @ x for x in r.calls[0]])
             for _ in range(DIRECTIONS):
                 step = _equivariant_displacement(batch, generator)
                 for r in recorders:
@@ -152,12 +156,14 @@ def _hessians(model: nn.Module, modules: list[tuple[str, nn.Module]], batches: l
                 model(replace(batch, positions=batch.positions + STEP * step))
                 model(replace(batch, positions=batch.positions - STEP * step))
                 for k, r in enumerate(recorders):
-                    rows = [(a - b) / (2 * STEP) for a, b in zip(*r.calls)]
-                    tangents[k] = add(tangents[k], [x.t() @ x for x in rows])
+                    if r.calls:
+                        rows = [(a - b) / (2 * STEP) for a, b in zip(*r.calls)]
+                        tangents[k] = add(tangents[k], [x.t() @ x for x in rows])
     finally:
         for handle in handles:
             handle.remove()
-    return [[(1 - TANGENT_WEIGHT) * _unit_trace(v) + TANGENT_WEIGHT * _unit_trace(t) for v, t in zip(vs, ts)]
+    return [None if vs is None else
+            [(1 - TANGENT_WEIGHT) * _unit_trace(v) + TANGENT_WEIGHT * _unit_trace(t) for v, t in zip(vs, ts)]
             for vs, ts in zip(values, tangents)]
 
 
@@ -166,7 +172,7 @@ def gptq_(model: nn.Module, fp32: nn.Module, frames: Frames) -> list[str]:
     """Re-round, in place, the weights of every per-channel ``QuantizedModule`` of ``model`` of a
     supported kind by GPTQ on ``frames`` (calibration molecules), starting from the FP32 weights
     of ``fp32`` (same module paths). Other weights (embeddings, tensor products, per-tensor
-    ``naive`` grids) keep rounding to nearest. Returns the module paths re-rounded, in order.
+    ``naive`` grids) keep rounding to nearest. Returns the module paths re-rounded.
     """
     work = copy.deepcopy(model).double().eval()  # float64: the derivative rows need it
     for quantizer in activation_quantizers(work):
@@ -176,16 +182,12 @@ def gptq_(model: nn.Module, fp32: nn.Module, frames: Frames) -> list[str]:
                if isinstance(m, QuantizedModule) and m.kind in SUPPORTED_KINDS and m.weight_names
                and not m.per_tensor}
     batches = list(iterate_batches(frames, BATCH_SIZE, work.cutoff, dtype=torch.float64))
-    order: list[str] = []
-    hooks = [work.get_submodule(path).inner.register_forward_pre_hook(
-        lambda _m, _a, p=path: order.append(p) if p not in order else None) for path in targets]
-    try:
-        work(batches[0])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    all_hessians = _hessians(work, [(targets[p].kind, work.get_submodule(p).inner) for p in order], batches)
-    for path, hessians in zip(order, all_hessians):
+    all_hessians = _hessians(work, [(m.kind, work.get_submodule(p).inner) for p, m in targets.items()], batches)
+    rounded = []
+    for path, hessians in zip(targets, all_hessians):
+        if hessians is None:  # never called on these molecules: nothing to fit, keep nearest
+            continue
+        rounded.append(path)
         wrapped = targets[path]
         for name in wrapped.weight_names:
             original = originals[f"{path}.{name}"].detach().float()
@@ -198,4 +200,4 @@ def gptq_(model: nn.Module, fp32: nn.Module, frames: Frames) -> list[str]:
                 v.copy_(q)
                 scales.append(s)
             wrapped.load_quantized_weight(name, values, torch.cat(scales))
-    return order
+    return rounded
