@@ -87,15 +87,17 @@ def _weight_hook(module: QuantizedModule, _inputs) -> None:
 
 
 def prepare_qat(fp32: nn.Module, config: QuantConfig, calibration: Frames,
-                tangent_projection: bool = True) -> nn.Module:
+                tangent_projection: bool = True, start: nn.Module | None = None) -> nn.Module:
     """A QAT-ready copy of ``fp32``: PTQ-calibrated, with trainable weights and scales.
 
     The learned weight step sizes start from ``config.weight_clip``; min-max starts are
     recommended (measured: 3 short epochs reached 59 meV/A from min-max, 74 from MSE clipping).
     The latent weights start from the FP32 weights, or, with ``config.weight_rounding`` gptq,
     from the GPTQ-rounded ones (on the grid of those steps).
+    ``start``: the model ``quantize_loaded(fp32, config, calibration)`` already returned (it is
+    made trainable in place), so a caller that has one does not calibrate twice.
     """
-    model, _ = quantize_loaded(fp32, config, calibration)
+    model = start if start is not None else quantize_loaded(fp32, config, calibration)[0]
     originals = dict(fp32.named_parameters())
     for path, module in model.named_modules():
         if isinstance(module, QuantizedModule):
@@ -205,8 +207,12 @@ def teacher_targets(fp32: nn.Module, frames: Frames) -> Frames:
 
 
 def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, calibration: Frames,
-            options: QATOptions, on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """prepare -> train (vector warm-up, optional LEE penalty) -> convert. Returns the converted model."""
+            options: QATOptions, on_step: Callable[[dict], None] | None = None,
+            start: nn.Module | None = None) -> TrainResult:
+    """prepare -> train (vector warm-up, optional LEE penalty) -> convert. Returns the converted model.
+
+    ``start``: the PTQ model of the same ``config`` and ``calibration`` if the caller has it
+    (used in place, see ``prepare_qat``)."""
     if options.fully_quantized_from >= options.epochs:
         raise InputError(f"QAT warm-up ({options.fully_quantized_from} epochs) must be "
                          f"shorter than the {options.epochs} QAT epochs",
@@ -216,7 +222,7 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
     if options.targets == QATTargets.TEACHER.value:
         train = teacher_targets(fp32, train)
     calibration = calibration_subset(config, calibration)  # calibration, recalibration, bias correction
-    model = prepare_qat(fp32, config, calibration, options.tangent_projection)
+    model = prepare_qat(fp32, config, calibration, options.tangent_projection, start)
     rng = np.random.default_rng(options.seed)
 
     def schedule(epoch: int, models: list[nn.Module]) -> None:

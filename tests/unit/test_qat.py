@@ -214,3 +214,18 @@ def test_qat_latent_weights_start_from_fp32_or_from_the_gptq_rounded_weights(tra
         steps = latent / module.qat_weight_log_scale.detach().exp()[module.qat_weight_index]
         torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)
         assert not torch.allclose(latent, original)
+
+
+def test_prepare_qat_from_a_given_ptq_model_matches_its_own_calibration(train_frames):
+    from gaqtool.workflow import quantize_loaded
+
+    fp32 = make_tiny_model()
+    config = QuantConfig.from_preset("w4a8", calib_frames=4)
+    own = prepare_qat(fp32, config, train_frames)
+    start, _ = quantize_loaded(fp32, config, train_frames)
+    given = prepare_qat(fp32, config, train_frames, start=start)
+    assert given is start                         # used in place: no second calibration
+    own_state, given_state = own.state_dict(), given.state_dict()
+    assert own_state.keys() == given_state.keys()
+    for key, value in own_state.items():
+        assert torch.equal(value, given_state[key]), key

@@ -38,8 +38,9 @@ def build_config(bits, method, group_size, observer, percentile, direction_mode,
         energy_correction=energy_correction)
 
 
-def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions):
-    """Run QAT from the PTQ starting point; returns (converted model, summary for the report)."""
+def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions, start):
+    """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place); returns
+    (converted model, summary for the report)."""
     distributed.init_from_env()
     train = resolve_data(data or "rmd17", "train", rmd17_dir, molecule)
     val = resolve_data(data or "rmd17", "val", rmd17_dir, molecule)
@@ -47,7 +48,7 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
     task = bar.add_task("QAT", total=steps, info="")
     on_step = training_callback(bar, task, "QAT epoch")
 
-    result = run_qat(loaded.model, config, train.frames, val.frames, calib.frames, options, on_step)
+    result = run_qat(loaded.model, config, train.frames, val.frames, calib.frames, options, on_step, start)
     summary = {"options": options.__dict__, "train_data": train.note, "best_epoch": result.best_epoch,
                "best_val": result.best_val, "seconds": result.seconds, "processes": distributed.world_size(),
                "history": result.history}
@@ -135,7 +136,8 @@ def quantize(
                                                            lee_weight=lee_weight, tangent_projection=tangent_projection,
                                                            learning_rate=qat_lr, batch_size=qat_batch_size, seed=seed,
                                                            targets=qat_targets.value,
-                                                           energy_weight=qat_energy_weight))
+                                                           energy_weight=qat_energy_weight),
+                                                quantized)
             if not distributed.is_main():
                 return
         t_quant = time.perf_counter() - started
