@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from gaqtool.config import ForceMode
 from gaqtool.data.graph import Batch, radius_graph
 from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
-from gaqtool.quant.apply import energies_forces_conserved
+from gaqtool.quant.apply import energies_forces_conserved, set_force_mode
 
 __all__ = ["GAQCalculator", "atoms_to_batch"]
 
@@ -40,24 +41,33 @@ class GAQCalculator(Calculator):
     path_or_model: a model file (.pt FP32 checkpoint or quantized .safetensors), a
                    ``LoadedModel``, a model (``nn.Module`` with ``cutoff`` and ``config``), or
                    None for the embedded aspirin model.
+    force_mode:    forces of an activation-quantized model (``gaqtool.config.ForceMode``):
+                   'conservative' (default: -dE_s/dx with activation rounding off, so dynamics
+                   conserve E_s + E_kin), 'ste' (straight through the rounding; drifts), or None
+                   for the mode stored in the file. Applied to the model in place
+                   (``set_force_mode``); FP32 and weight-only models are exact either way.
     free_energy is reported equal to energy (no electronic temperature). ``results`` also holds
     ``conserved_energy`` (eV): the potential whose gradient the forces are (differs from
-    ``energy`` only for force mode 'conservative', see ``gaqtool.quant.apply``).
+    ``energy`` only for force mode 'conservative', where ``energy`` is the activation-quantized
+    E_q and ``conserved_energy`` is E_s; see ``gaqtool.quant.apply``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
 
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
-                 device: str = "cpu", trust_pickle: bool = False, **kwargs):
+                 device: str = "cpu", trust_pickle: bool = False,
+                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE, **kwargs):
         super().__init__(**kwargs)
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model
             self.model_name = type(path_or_model).__name__
         else:
             loaded = (path_or_model if isinstance(path_or_model, LoadedModel)
-                      else load_model(path_or_model, trust_pickle))
+                      else load_model(path_or_model, trust_pickle, force_mode))
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
+        if force_mode is not None:
+            set_force_mode(self.model, force_mode)
         self.device = torch.device(device)
         self.model = self.model.to(self.device).eval()
         self.cutoff = float(self.model.cutoff)

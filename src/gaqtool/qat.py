@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gaqtool.config import QuantConfig, WeightRounding
+from gaqtool.config import ForceMode, QuantConfig, WeightRounding
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.errors import InputError
@@ -28,6 +28,7 @@ from gaqtool.metrics.accuracy import predict
 from gaqtool.metrics.equivariance import haar_rotations
 from gaqtool.models.potential import energy_and_forces
 from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.apply import set_force_mode
 from gaqtool.quant.modules import QuantizedModule
 from gaqtool.quant.primitives import fake_quantize_lsq, quantize
 from gaqtool.quant.weights import dequantize_parameter, scale_index_map, to_storage_precision
@@ -90,6 +91,8 @@ def prepare_qat(fp32: nn.Module, config: QuantConfig, calibration: Frames,
                 tangent_projection: bool = True, start: nn.Module | None = None) -> nn.Module:
     """A QAT-ready copy of ``fp32``: PTQ-calibrated, with trainable weights and scales.
 
+    Forces during QAT are always straight-through (``ForceMode.STE``): training must see the
+    rounding; ``run_qat`` gives the converted model ``config.force_mode`` back.
     The learned weight step sizes start from ``config.weight_clip``; min-max starts are
     recommended (measured: 3 short epochs reached 59 meV/A from min-max, 74 from MSE clipping).
     The latent weights start from the FP32 weights, or, with ``config.weight_rounding`` gptq,
@@ -98,6 +101,7 @@ def prepare_qat(fp32: nn.Module, config: QuantConfig, calibration: Frames,
     made trainable in place), so a caller that has one does not calibrate twice.
     """
     model = start if start is not None else quantize_loaded(fp32, config, calibration)[0]
+    set_force_mode(model, ForceMode.STE)  # training differentiates through the rounding
     originals = dict(fp32.named_parameters())
     for path, module in model.named_modules():
         if isinstance(module, QuantizedModule):
@@ -240,6 +244,7 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
     result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,
                          select_from_epoch=options.fully_quantized_from)
     convert_qat(result.model)
+    set_force_mode(result.model, config.force_mode)  # deployed as configured (trained straight-through)
     if config.energy_correction:
         correct_energy_offset(fp32, result.model, calibration)
     return result

@@ -166,6 +166,25 @@ def test_md_two_models_same_start(files):
         assert (files["dir"] / f"run_{k}.traj").is_file()
 
 
+def test_md_uses_conservative_forces_unless_told_otherwise(files):
+    """The file stores 'ste'; md integrates E_s (activation rounding off) by default, so the
+    reported E_q moves against the conserved energy; with --force-mode ste the two are one."""
+    default = invoke("md", str(files["naive"]), "--steps", "10", "--json")["runs"][0]
+    straight = invoke("md", str(files["naive"]), "--steps", "10", "--force-mode", "ste", "--json")["runs"][0]
+    assert default["label"].endswith("conservative forces") and straight["label"].endswith("ste forces")
+    assert default["summary"]["max_abs_gap_change_mev_atom"] > 0
+    assert straight["summary"]["max_abs_gap_change_mev_atom"] == 0
+
+
+def test_eval_force_mode_overrides_the_file(files):
+    stored = invoke("eval", str(files["naive"]), "--frames", "2", "--json")
+    conservative = invoke("eval", str(files["naive"]), "--frames", "2", "--force-mode", "conservative", "--json")
+    assert stored["model"]["label"].endswith("ste forces")
+    assert conservative["model"]["label"].endswith("conservative forces")
+    assert conservative["metrics"]["energy_mae_mev"] == pytest.approx(stored["metrics"]["energy_mae_mev"])
+    assert conservative["metrics"]["force_mae_mev_a"] != pytest.approx(stored["metrics"]["force_mae_mev_a"], rel=1e-6)
+
+
 def test_md_human_output(files):
     output = invoke("md", str(files["fp32"]), "--steps", "3")
     assert "drift" in output and "ok" in output

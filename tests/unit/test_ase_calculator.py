@@ -56,15 +56,20 @@ def test_import_resolves_to_the_ase_package():
     assert gaq_ase.Calculator.__module__ == "ase.calculators.calculator"
 
 
-@pytest.mark.parametrize("kind", ["fp32", "naive"])
-def test_energy_and_forces_match_the_model(files, frames, kind):
+@pytest.mark.parametrize("kind, calculator_mode, model_mode", [
+    ("fp32", "conservative", None),
+    ("naive", "conservative", "conservative"),  # the calculator's default
+    ("naive", None, None),                      # None: the file's own mode (ste)
+    ("naive", "ste", "ste"),
+])
+def test_energy_and_forces_match_the_model(files, frames, kind, calculator_mode, model_mode):
     from gaqtool.ase import GAQCalculator
     from gaqtool.io.loading import load_model
 
-    calc = GAQCalculator(files[kind])
+    calc = GAQCalculator(files[kind], force_mode=calculator_mode)
     atoms = _atoms(frames)
     atoms.calc = calc
-    model = load_model(files[kind]).model
+    model = load_model(files[kind], force_mode=model_mode).model
     energy, forces = energy_and_forces(model, make_batch(frames, [0], model.cutoff))
     assert atoms.get_potential_energy() == pytest.approx(float(energy.detach()[0]), abs=1e-6)
     assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
@@ -108,3 +113,27 @@ def test_periodic_atoms_are_refused(files):
     atoms.calc = GAQCalculator(files["fp32"])
     with pytest.raises(InputError, match="periodic"):
         atoms.get_forces()
+
+
+def test_default_calculator_forces_are_conservative_for_an_activation_quantized_model(files, frames):
+    """By default the forces are -dE_s/dx (activation rounding off): the conserved energy's
+    gradient, while the straight-through forces of the same file are not."""
+    from gaqtool.ase import GAQCalculator
+
+    conservative, straight = GAQCalculator(files["naive"]), GAQCalculator(files["naive"], force_mode="ste")
+    atoms = _atoms(frames)
+    atoms.calc = conservative
+    forces, reported = atoms.get_forces(), atoms.get_potential_energy()
+    conserved = conservative.results["conserved_energy"]
+    assert conserved != pytest.approx(reported, abs=1e-4)  # E_s is not the rounded E_q
+    h, k = 1e-3, 3
+    conserved_at = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[k, 0] += sign * h
+        moved.calc = conservative
+        moved.get_potential_energy()
+        conserved_at.append(conservative.results["conserved_energy"])
+    assert -(conserved_at[0] - conserved_at[1]) / (2 * h) == pytest.approx(forces[k, 0], abs=2e-3)
+    atoms.calc = straight
+    assert np.abs(atoms.get_forces() - forces).max() > 1e-6  # ste forces are another function

@@ -30,7 +30,7 @@ import typer
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json
-from gaqtool.cli.options import JsonOption
+from gaqtool.cli.options import ForceModeOverrideOption, JsonOption
 from gaqtool.errors import InputError
 
 CONFIGS = ("fp32", "bf16", "fake-quant", "int8", "int8-eager")
@@ -213,7 +213,7 @@ def _ratios(results: list[dict]) -> dict:
     return ratios
 
 
-def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path]):
+def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_mode=None):
     from gaqtool.config import QuantConfig
     from gaqtool.data.frames import read_npz
     from gaqtool.data.spec import sample_path
@@ -225,10 +225,11 @@ def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path]):
         raise InputError(f"{fp32.path} is a quantized file, the first argument is the FP32 model",
                          hint="gaqtool bench FP32_MODEL.pt [QUANTIZED.safetensors]")
     if quantized_path is None:
-        config = QuantConfig.from_preset("w4a8")
+        config = QuantConfig.from_preset("w4a8", **({"force_mode": force_mode} if force_mode else {}))
         quantized, _ = quantize_loaded(fp32.model, config, read_npz(sample_path("train")))
-        return fp32, quantized, "gaq w4a8, quantized on the fly (32 shipped aspirin training frames)"
-    loaded = load_model(quantized_path)
+        return fp32, quantized, (f"gaq w4a8, {config.force_mode.value} forces, quantized on the fly "
+                                 "(32 shipped aspirin training frames)")
+    loaded = load_model(quantized_path, force_mode=force_mode)
     if loaded.kind != "quantized":
         raise InputError(f"{loaded.path} is not a quantized file",
                          hint="pass a .safetensors file written by `gaqtool quantize`")
@@ -273,6 +274,7 @@ def bench(
     cluster_molecules: Annotated[int, typer.Option("--cluster-molecules", min=1, help="Aspirins in the grid system (48 -> 1008 atoms).")] = 48,
     spacing: Annotated[float, typer.Option("--spacing", min=1.0, help="Grid spacing of the cluster system, Angstrom.")] = 8.0,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also measure peak memory (one profiled call each).")] = True,
+    force_mode: ForceModeOverrideOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Median latency and peak memory of energy + forces: FP32, bf16, fake-quant and int8 kernels."""
@@ -286,7 +288,7 @@ def bench(
     if unknown:
         raise InputError(f"unknown --config {', '.join(unknown)}", hint=f"choose from {', '.join(CONFIGS)}")
     torch.set_num_threads(threads)
-    fp32, quantized, note = _load_pair(fp32_model, quantized_file)
+    fp32, quantized, note = _load_pair(fp32_model, quantized_file, force_mode)
     systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, batch_size,
                             cluster_molecules, spacing)
     on_step = None if json_output else (lambda s: console.print(f"[dim]running {s}[/]", highlight=False))

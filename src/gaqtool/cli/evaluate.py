@@ -12,7 +12,7 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import JsonOption, Rmd17DirOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, Rmd17DirOption, ThreadsOption, TrustPickleOption
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
@@ -114,6 +114,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Molecules per forward pass.")] = 16,
     worst: Annotated[int, typer.Option("--worst", min=0, help="List the K frames with the largest force MAE (with their energy error).")] = 0,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write energy and force parity plots here (.png, .pdf or .svg; needs matplotlib).")] = None,
+    force_mode: ForceModeOverrideOption = None,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     threads: ThreadsOption = None,
@@ -125,7 +126,7 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     _check_plot_path(plot)
-    loaded = load_model(model, trust_pickle)
+    loaded = load_model(model, trust_pickle, force_mode)
     selection = resolve_data(data, split.value, rmd17_dir, loaded.molecule)
     frames, note = selection.frames, selection.note
     if num_frames is not None and num_frames < len(frames):

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
@@ -173,6 +173,7 @@ def lee_check(
     localize: Annotated[bool, typer.Option("--localize", help="Also rank the modules that introduce the most equivariance error.")] = False,
     top: Annotated[int, typer.Option("--top", min=1, help="Modules shown per model with --localize.")] = 5,
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Exit with code 1 if any model's mean force LEE exceeds this (meV/A); for CI.")] = None,
+    force_mode: ForceModeOverrideOption = None,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -184,7 +185,7 @@ def lee_check(
 
     if threads:
         torch.set_num_threads(threads)
-    loaded = [load_model(p, trust_pickle) for p in (models or [None])]
+    loaded = [load_model(p, trust_pickle, force_mode) for p in (models or [None])]
     parents, notes = _find_parents(loaded, fp32, trust_pickle)
     rows = _rows(loaded, parents)
     _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes)

@@ -12,6 +12,7 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.config import ForceMode
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import DataError, InputError
 from gaqtool.io.loading import LoadedModel, load_model
@@ -95,6 +96,7 @@ def md(
     log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between trajectory frames / JSON series points.")] = 10,
     blowup_distance: Annotated[float, typer.Option("--blowup-distance", min=0.1, help="Stop when an atom is farther than this from the centroid (Angstrom).")] = 10.0,
     trajectory: Annotated[Optional[Path], typer.Option("--trajectory", help="Write an ASE .traj (several models: NAME_1.traj, NAME_2.traj, ... in argument order).")] = None,
+    force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models: conservative (-dE_s/dx of the model with activation rounding off, so the dynamics conserve E_s + E_kin) or ste (straight through the rounding, as the file's eval does: not conservative, drifts). FP32 and weight-only models are exact either way.")] = ForceMode.CONSERVATIVE,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -108,12 +110,12 @@ def md(
 
     if threads:
         torch.set_num_threads(threads)
-    loaded: list[LoadedModel] = [load_model(p, trust_pickle) for p in (models or [None])]
+    loaded: list[LoadedModel] = [load_model(p, trust_pickle, force_mode) for p in (models or [None])]
     numbers, positions, origin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
     start = initial_state(numbers, positions, temperature, seed)
-    calculators = [GAQCalculator(m) for m in loaded]
+    calculators = [GAQCalculator(m, force_mode=force_mode) for m in loaded]
     for calc in calculators:
         calc.check_atoms(start)  # unknown elements fail before any dynamics
     if not json_output:

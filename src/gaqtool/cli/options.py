@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from gaqtool.config import ForceMode
 from gaqtool.data.spec import RMD17_ENV
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Write one JSON document to stdout instead of tables.")]
@@ -18,3 +19,9 @@ Rmd17DirOption = Annotated[Optional[Path], typer.Option(
 TrustPickleOption = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading checkpoints that contain pickled Python objects (only for files you trust).")]
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads (default: torch's choice).")]
+ForceModeOverrideOption = Annotated[Optional[ForceMode], typer.Option(
+    "--force-mode",
+    help="Forces of activation-quantized models: conservative (-dE_s/dx of the model with activation "
+         "rounding off: exact gradient, energy-conserving dynamics) or ste (autograd straight through the "
+         "rounding: not the gradient of any energy). Default: the mode stored in the file.",
+    show_default=False)]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gaqtool.config import ForceMode
 from gaqtool.errors import ModelLoadError
 from gaqtool.io.checkpoint import default_model_path, load_checkpoint_model
 from gaqtool.io.safetensors_io import load_quantized
@@ -39,16 +40,28 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def load_model(path: Path | str | None = None, trust_pickle: bool = False) -> LoadedModel:
-    """Load ``path`` (None: the embedded aspirin model). Suffix .safetensors -> quantized."""
+def load_model(path: Path | str | None = None, trust_pickle: bool = False,
+               force_mode: ForceMode | str | None = None) -> LoadedModel:
+    """Load ``path`` (None: the embedded aspirin model). Suffix .safetensors -> quantized.
+
+    ``force_mode`` overrides the force mode stored in a quantized file (None: the file's own);
+    it matters only for activation-quantized models, whose label then names it.
+    """
+    from gaqtool.quant.apply import set_force_mode
+
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}", hint="check the path")
     if path.suffix == ".safetensors":
         model = load_quantized(path)
         meta = model.file_metadata
-        return LoadedModel(model, path, "quantized", f"{meta.quant_config.method.value} "
-                           f"{meta.quant_config.bits_label}", model.config.get("molecule"),
+        config = meta.quant_config
+        label = f"{config.method.value} {config.bits_label}"
+        if config.quantizes_activations:
+            mode = ForceMode(force_mode) if force_mode is not None else config.force_mode
+            set_force_mode(model, mode)
+            label += f", {mode.value} forces"
+        return LoadedModel(model, path, "quantized", label, model.config.get("molecule"),
                            {"report": meta.report, "plan": meta.plan,
                             "source_sha256": meta.raw_metadata.get("gaqtool.source_sha256")})
     model, payload = load_checkpoint_model(path, trust_pickle)

@@ -26,7 +26,7 @@ from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS",
-           "activation_rounding_off", "conservative_energy_and_forces", "energies_forces_conserved"]
+           "activation_rounding_off", "set_force_mode", "conservative_energy_and_forces", "energies_forces_conserved"]
 
 
 def _scalars(n: int) -> o3.Irreps:
@@ -118,8 +118,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
             "inputs": [str(o3.Irreps(i).simplify()) if (i is not None and config.quantizes_activations) else None
                        for i in input_irreps],
         }
-    if config.force_mode == ForceMode.CONSERVATIVE and config.quantizes_activations:
-        model.compute_energy_and_forces = types.MethodType(conservative_energy_and_forces, model)
+    set_force_mode(model, config.force_mode)
     for name, tensor in model.state_dict().items():
         if name.endswith("_int") or name.endswith("_scale") or ".input_quantizers." in name:
             continue
@@ -151,6 +150,20 @@ def activation_rounding_off(model: nn.Module):
     finally:
         for q, mode in zip(quantizers, modes):
             q.mode = mode
+
+
+def set_force_mode(model: nn.Module, mode: ForceMode | str) -> nn.Module:
+    """Choose how forces of an activation-quantized ``model`` are computed (see ``ForceMode``),
+    at quantization time or later for a loaded file. FP32 and weight-only models (no activation
+    quantizer) have exact forces either way and are left as they are. Returns ``model``."""
+    mode = ForceMode(mode)
+    if not activation_quantizers(model):
+        return model
+    if mode == ForceMode.CONSERVATIVE:
+        model.compute_energy_and_forces = types.MethodType(conservative_energy_and_forces, model)
+    else:
+        model.__dict__.pop("compute_energy_and_forces", None)
+    return model
 
 
 def conservative_energy_and_forces(model: nn.Module, batch, create_graph: bool = False,
