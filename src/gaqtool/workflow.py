@@ -45,8 +45,10 @@ def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Fra
     model, plan = quantize_model(copy.deepcopy(fp32).eval(), config)
     frames = calibration_subset(config, calibration)
     if config.weight_rounding == WeightRounding.GPTQ:
-        for path in gptq_(model, fp32, frames):
-            plan.entries[path]["rounding"] = "gptq"
+        rounded = set(gptq_(model, fp32, frames))
+        for path, entry in plan.entries.items():  # the config says gptq: record the exceptions only
+            if entry.get("weight_bits") and path not in rounded:
+                entry["rounding"] = WeightRounding.NEAREST.value
     calibrate(model, iterate_batches(frames, 8, model.cutoff), lambda m, b: m(b),
               (lambda b: on_progress(b.num_molecules)) if on_progress else None)
     if config.energy_correction and hasattr(model, "energy_shift"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,20 @@ def test_quantize_human_mode_writes_file_and_report(cli, tiny_checkpoint, tmp_pa
     assert any(m["status"] == "fp32" and m["reason"] for m in data["modules"])
     model = load_quantized(out)
     assert model.quant_config.bits_label == "w4a8"
+    assert model.quant_config.keep_fp32 == ("*embedding*",)
+    # the stored report names the source by file name: the bytes do not depend on its directory
+    assert read_header(out).report["source"]["path"] == Path(tiny_checkpoint).name
+    assert data["source"]["path"] == str(tiny_checkpoint)
+
+
+def test_keep_fp32_none_quantizes_every_module(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "all.safetensors"
+    result = cli("quantize", tiny_checkpoint, "--bits", "w4a8", "-o", out, "--keep-fp32", "none", "--json",
+                 "--calib-frames", "2", "--eval-frames", "2", "--lee-frames", "1", "--lee-rotations", "1")
+    assert result.exit_code == 0, result.output
+    modules = {m["path"]: m for m in json.loads(result.stdout)["data"]["modules"]}
+    assert modules["embedding"]["status"] == "quantized"
+    assert load_quantized(out).quant_config.keep_fp32 == ()
 
 
 def test_quantize_json_mode_and_inspect(cli, tiny_checkpoint, tmp_path):

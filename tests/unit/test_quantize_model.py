@@ -200,3 +200,15 @@ def test_energy_correction_matches_the_parent_on_calibration_frames(train_frames
     assert gap_corrected < 1e-6 < gap_plain
     reloaded = load_quantized(save_quantized(tmp_path / "c.safetensors", corrected, config, plan, "0" * 64))
     assert (predict(reloaded, frames).energies == predict(corrected, frames).energies).all()
+
+
+@pytest.mark.parametrize("method, keep, embedding_status", [
+    ("gaq", None, "fp32"), ("weight-only", None, "fp32"),  # default: the species embedding stays FP32
+    ("naive", None, "quantized"),                          # the naive baseline quantizes everything
+    ("gaq", (), "quantized"),                              # an explicit empty list quantizes it too
+])
+def test_species_embedding_is_kept_fp32_by_default_except_for_naive(tiny_model, method, keep, embedding_status):
+    config = QuantConfig.from_preset("w4a8", method=method, keep_fp32=keep)
+    _, plan = quantize_model(copy.deepcopy(tiny_model), config)
+    assert plan.entries["embedding"]["status"] == embedding_status
+    assert QuantConfig.from_dict(config.to_dict()) == config  # the resolved patterns are stored

@@ -26,6 +26,14 @@ ModelArgument = Annotated[Optional[Path], typer.Argument(
     help="FP32 checkpoint (.pt) to quantize. Default: the embedded aspirin model.", show_default=False)]
 
 
+def _keep_patterns(values: list[str] | None) -> tuple[str, ...] | None:
+    """--keep-fp32 values -> QuantConfig.keep_fp32: None (not given) keeps the config's default,
+    'none' keeps nothing."""
+    if not values:
+        return None
+    return () if [v.strip().lower() for v in values] == ["none"] else tuple(values)
+
+
 def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                  codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True,
                  weight_clip=WeightClip.MSE, weight_rounding=WeightRounding.GPTQ) -> QuantConfig:
@@ -34,7 +42,7 @@ def build_config(bits, method, group_size, observer, percentile, direction_mode,
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
         weight_clip=weight_clip, weight_rounding=weight_rounding,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
-        calib_frames=calib_frames, keep_fp32=tuple(keep_fp32 or ()), force_mode=force_mode, seed=seed,
+        calib_frames=calib_frames, keep_fp32=_keep_patterns(keep_fp32), force_mode=force_mode, seed=seed,
         energy_correction=energy_correction)
 
 
@@ -75,7 +83,7 @@ def quantize(
     eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = 200,
     lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
-    keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'.")] = None,
+    keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'; 'none' quantizes every module. Default: '*embedding*' (the species embedding: a few hundred numbers whose 4-bit error no later layer can undo) for gaq and weight-only, none for naive.", show_default=False)] = None,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models, stored in the file: ste (autograd straight through the rounding: the quantized network's own forces, which eval and lee-check measure; not the gradient of any energy, so NVE drifts) or conservative (gradient of the model with activation rounding off: exactly conservative and equivariant; the reported energy is still the quantized one). gaqtool md and GAQCalculator use conservative unless told otherwise; eval, lee-check and bench take --force-mode to override the file.")] = ForceMode.STE,
     energy_correction: Annotated[bool, typer.Option("--energy-correction/--no-energy-correction", help="Shift the per-atom energy so the quantized model's mean energy on the calibration frames equals the FP32 parent's (label-free bias correction).")] = True,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,

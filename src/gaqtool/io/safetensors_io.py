@@ -117,8 +117,12 @@ def _rounded(value: Any, digits: int = 6) -> Any:
 
 def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
     """The report without what the file holds elsewhere or what only the --report JSON needs
-    (the per-epoch QAT history)."""
+    (the per-epoch QAT history). The source checkpoint is named by its file name only: its
+    directory says nothing about the model (``gaqtool.source_sha256`` identifies it), and
+    would make the bytes depend on where the user keeps it."""
     stored = {k: v for k, v in report.items() if k not in _REPORT_KEYS_NOT_STORED}
+    if isinstance(stored.get("source"), dict) and "path" in stored["source"]:
+        stored["source"] = {**stored["source"], "path": Path(stored["source"]["path"]).name}
     if isinstance(stored.get("qat"), dict):
         stored["qat"] = {k: v for k, v in stored["qat"].items() if k != "history"}
     return stored
