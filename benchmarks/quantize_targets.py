@@ -30,11 +30,12 @@ from gaqtool.metrics.equivariance import local_equivariance_error
 from gaqtool.workflow import quantize_loaded
 
 # (row name, bits, QuantConfig options); "gaq" rows use the defaults (frame directions, MSE
-# clipping, GPTQ rounding)
+# clipping, GPTQ rounding, species embedding kept FP32)
 VARIANTS = [("weight-only w4", "w4", dict(method="weight-only")),
             ("weight-only w4 nearest", "w4", dict(method="weight-only", weight_rounding="nearest")),
             ("naive w4a8", "w4a8", dict(method="naive")),
-            ("gaq w4a8", "w4a8", {}), ("gaq w4a8 nearest", "w4a8", dict(weight_rounding="nearest")),
+            ("gaq w4a8", "w4a8", {}), ("gaq w4a8 embedding quantized", "w4a8", dict(keep_fp32=())),
+            ("gaq w4a8 nearest", "w4a8", dict(weight_rounding="nearest")),
             ("gaq w4a8 component", "w4a8", dict(direction_mode="component")),
             ("naive w8a8", "w8a8", dict(method="naive")), ("gaq w8a8", "w8a8", {}), ("gaq w2a8", "w2a8", {})]
 

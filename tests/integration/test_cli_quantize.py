@@ -61,6 +61,11 @@ def test_quantize_json_mode_and_inspect(cli, tiny_checkpoint, tmp_path):
     assert all(info["modules"][p].get("num_weights") == n for p, n in reported.items() if n)
     stored = read_header(out)
     assert not any("num_weights" in e or e.get("reason") == "" for e in stored.plan["entries"].values())
+    # weight_bits is stored only where it differs from --bits, and read back everywhere
+    raw = json.loads(stored.raw_metadata["gaqtool.plan"])["entries"]
+    assert not any(e.get("weight_bits") == 2 for e in raw.values())
+    assert all(stored.plan["entries"][p]["weight_bits"] == m["weight_bits"] for p, m in
+               ((m["path"], m) for m in data["modules"]) if m["status"] == "quantized")
     assert "config" not in stored.report and stored.report["bits"] == "w2a8"
     human = cli("inspect", out)
     assert human.exit_code == 0 and "naive w2a8" in human.stderr

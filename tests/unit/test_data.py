@@ -37,6 +37,8 @@ def test_presplit_directory_layout(tmp_path):
     src = np.load(sample_path("test"))
     np.savez(tmp_path / "rmd17_ethanol_test_01.npz", **{k: src[k] for k in src.files})
     sel = resolve_data("rmd17:ethanol", "test", tmp_path)
+    assert str(tmp_path) in sel.note and str(tmp_path) not in sel.description  # files: no directories
+    assert sel.description.startswith("rMD17 ethanol, split 01 test")
     assert len(sel.frames) == len(src["coords"]) and sel.frames.molecule == "ethanol"
 
 
@@ -54,6 +56,7 @@ def test_full_file_with_split_csv(tmp_path):
 def test_no_directory_uses_shipped_sample_and_says_so():
     sel = resolve_data("rmd17", "test", None, default_molecule="aspirin")
     assert "shipped sample" in sel.note and len(sel.frames) == 200
+    assert "shipped" in sel.description and "--rmd17-dir" not in sel.description
 
 
 def test_extxyz_via_ase(tmp_path, test_frames):

@@ -126,8 +126,10 @@ def frames():
 def models(frames):
     fp32 = make_tiny_model()
 
-    def config(bits, **changes):  # rounding to nearest: the error bounds below are stated for it
-        return QuantConfig.from_preset(bits, energy_correction=False, weight_rounding="nearest", **changes)
+    def config(bits, **changes):  # the error bounds below are stated for every weight rounded to
+        # nearest at `bits` (no FP32 embedding, no 8-bit small-fan-in layers)
+        return QuantConfig.from_preset(bits, energy_correction=False, weight_rounding="nearest",
+                                       keep_fp32=(), small_fan_in_bits=0, **changes)
 
     return {"fp32": fp32,
             "w4a8": quantize_loaded(fp32, config("w4a8"), frames)[0],

@@ -212,3 +212,19 @@ def test_species_embedding_is_kept_fp32_by_default_except_for_naive(tiny_model, 
     _, plan = quantize_model(copy.deepcopy(tiny_model), config)
     assert plan.entries["embedding"]["status"] == embedding_status
     assert QuantConfig.from_dict(config.to_dict()) == config  # the resolved patterns are stored
+
+
+@pytest.mark.parametrize("method, small_fan_in_bits, radial_in_bits", [
+    ("gaq", None, 8),          # default: layers with <= 16 inputs per output keep 8-bit weights
+    ("weight-only", None, 8),
+    ("naive", None, 4),        # the baseline: every weight at --bits
+    ("gaq", 0, 4),             # switched off
+])
+def test_small_fan_in_layers_get_their_own_weight_bits(tiny_model, method, small_fan_in_bits, radial_in_bits):
+    config = QuantConfig.from_preset("w4a8", method=method, small_fan_in_bits=small_fan_in_bits)
+    model, plan = quantize_model(copy.deepcopy(tiny_model), config)
+    first = model.layers[0].radial.hidden[0]  # num_basis inputs
+    assert first.inner.in_features <= config.small_fan_in
+    assert first.weight_bits == plan.entries["layers.0.radial.hidden.0"]["weight_bits"] == radial_in_bits
+    assert int(first.weight_int.abs().max()) <= 2 ** (radial_in_bits - 1) - 1
+    assert plan.entries["layers.0.pre_linear"]["weight_bits"] == 4  # 32 input channels

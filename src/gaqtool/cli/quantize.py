@@ -36,14 +36,15 @@ def _keep_patterns(values: list[str] | None) -> tuple[str, ...] | None:
 
 def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                  codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True,
-                 weight_clip=WeightClip.MSE, weight_rounding=WeightRounding.GPTQ) -> QuantConfig:
+                 weight_clip=WeightClip.MSE, weight_rounding=WeightRounding.GPTQ,
+                 small_fan_in_bits=None, small_fan_in=16) -> QuantConfig:
     """QuantConfig from command-line values (shared with QAT)."""
     return QuantConfig.from_preset(
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
         weight_clip=weight_clip, weight_rounding=weight_rounding,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
         calib_frames=calib_frames, keep_fp32=_keep_patterns(keep_fp32), force_mode=force_mode, seed=seed,
-        energy_correction=energy_correction)
+        energy_correction=energy_correction, small_fan_in_bits=small_fan_in_bits, small_fan_in=small_fan_in)
 
 
 def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions, start):
@@ -57,7 +58,7 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
     on_step = training_callback(bar, task, "QAT epoch")
 
     result = run_qat(loaded.model, config, train.frames, val.frames, calib.frames, options, on_step, start)
-    summary = {"options": options.__dict__, "train_data": train.note, "best_epoch": result.best_epoch,
+    summary = {"options": options.__dict__, "train_data": train.description, "best_epoch": result.best_epoch,
                "best_val": result.best_val, "seconds": result.seconds, "processes": distributed.world_size(),
                "history": result.history}
     return result.model, summary
@@ -84,6 +85,8 @@ def quantize(
     lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
     keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'; 'none' quantizes every module. Default: '*embedding*' (the species embedding: a few hundred numbers whose 4-bit error no later layer can undo) for gaq and weight-only, none for naive.", show_default=False)] = None,
+    small_fan_in_bits: Annotated[Optional[int], typer.Option("--small-fan-in-bits", help="Weight bits of layers with at most --small-fan-in inputs per output (here: the first layer of each radial MLP, 8 Bessel functions in), whose rounding errors do not average out and whose derivatives are the forces; 0: same bits as every other layer. Default: 8 for gaq and weight-only, 0 for naive.", show_default=False)] = None,
+    small_fan_in: Annotated[int, typer.Option("--small-fan-in", min=1, help="Fan-in threshold of --small-fan-in-bits.")] = 16,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models, stored in the file: ste (autograd straight through the rounding: the quantized network's own forces, which eval and lee-check measure; not the gradient of any energy, so NVE drifts) or conservative (gradient of the model with activation rounding off: exactly conservative and equivariant; the reported energy is still the quantized one). gaqtool md and GAQCalculator use conservative unless told otherwise; eval, lee-check and bench take --force-mode to override the file.")] = ForceMode.STE,
     energy_correction: Annotated[bool, typer.Option("--energy-correction/--no-energy-correction", help="Shift the per-atom energy so the quantized model's mean energy on the calibration frames equals the FP32 parent's (label-free bias correction).")] = True,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
@@ -121,7 +124,7 @@ def quantize(
         weight_rounding = WeightRounding.NEAREST if qat_epochs else WeightRounding.GPTQ
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
-                          weight_clip, weight_rounding)
+                          weight_clip, weight_rounding, small_fan_in_bits, small_fan_in)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle)
     if loaded.kind != "fp32":
@@ -155,8 +158,8 @@ def quantize(
     report = {
         "bits": config.bits_label, "method": config.method.value, "config": config.to_dict(),
         "source": {"path": str(loaded.path), "kind": loaded.kind},
-        "calibration": {"frames": min(config.calib_frames, len(calib.frames)), "data": calib.note},
-        "evaluation": {"frames": len(eval_set), "data": evaluation.note},
+        "calibration": {"frames": min(config.calib_frames, len(calib.frames)), "data": calib.description},
+        "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,
         "size": size_summary(loaded, quantized),
         "modules": [{"path": p, **e} for p, e in plan.entries.items()],

@@ -37,10 +37,15 @@ NUM_VALIDATION = 50
 
 @dataclass
 class DataSelection:
-    """Frames plus a note on where they came from (e.g. 'shipped sample')."""
+    """Frames plus where they came from.
+
+    note: for the terminal (with the directory, and how to configure one if none was)
+    description: short and machine-independent, for reports stored in files
+    """
 
     frames: Frames
     note: str
+    description: str = ""
 
 
 def sample_path(split: str) -> Path:
@@ -106,7 +111,7 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
     """
     if not (spec == "rmd17" or spec.startswith("rmd17:")):
         frames = read_frames(Path(spec))
-        return DataSelection(frames, f"{len(frames)} frames from {spec}")
+        return DataSelection(frames, f"{len(frames)} frames from {spec}", f"{len(frames)} frames of {Path(spec).name}")
     molecule = spec.split(":", 1)[1] if ":" in spec else default_molecule
     if not molecule:
         raise DataError("no molecule given for --data rmd17",
@@ -126,13 +131,15 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
                 f"sample of {len(frames)} aspirin {file_split} frames")
         if split in ("train", "val"):
             frames = standard_split(frames, split)
+        description = f"shipped rMD17 aspirin {file_split} sample, {split}: {len(frames)} frames"
     else:
         frames = _read_rmd17_split(directory, molecule, file_split)
         if split in ("train", "val"):
             frames = standard_split(frames, split)
         note = f"rMD17 {molecule}, split 01 {split}: {len(frames)} frames from {directory}"
+        description = f"rMD17 {molecule}, split 01 {split}: {len(frames)} frames"
     frames.molecule = molecule
-    return DataSelection(frames, note)
+    return DataSelection(frames, note, description)
 
 
 def rmd17_protocol(molecule: str, rmd17_dir: Path | str | None = None) -> tuple[Frames, Frames, Frames]:

@@ -3,7 +3,7 @@
 Tensor names (see docs/FORMAT.md):
   ``<module>.<param>_packed``  uint8, integers packed (int8 one, int4 two, int2 four per byte)
   ``<module>.<param>_scale``   float32, flat scales (per view: groups x out channels)
-  ``<module>.<param>_shape``   int64, the parameter's original shape
+  ``<module>.<param>_shape``   int32 (int64 before 0.1.3), the parameter's original shape
   every other tensor of the model's state dict (biases, FP32 modules, activation scales)
   under its state-dict name, unchanged.
 Metadata (str -> str): ``gaqtool.format_version``, ``gaqtool.model_config``,
@@ -79,7 +79,7 @@ def file_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for name in module.weight_names:
             values = getattr(module, f"{name}_int")
             tensors[f"{path}.{name}_packed"] = pack_bits(values, module.weight_bits)
-            tensors[f"{path}.{name}_shape"] = torch.tensor(list(values.shape), dtype=torch.int64)
+            tensors[f"{path}.{name}_shape"] = torch.tensor(list(values.shape), dtype=torch.int32)
             skip |= {f"{path}.inner.{name}", f"{path}.{name}_int"}
     for key, value in state.items():
         if key in skip or key.endswith(DERIVED_SUFFIXES) or value.numel() == 0:
@@ -128,12 +128,16 @@ def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def plan_for_file(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Module entries without what the file already says: empty reasons and ``num_weights``
-    (the product of the module's ``*_shape`` tensors). The per-parameter FP32 list stays in the
+def plan_for_file(entries: dict[str, dict[str, Any]], weight_bits: int) -> dict[str, dict[str, Any]]:
+    """Module entries without what the file already says: empty reasons, ``num_weights`` (the
+    product of the module's ``*_shape`` tensors) and ``weight_bits`` where it is the config's
+    ``weight_bits`` (readers fill both back in). The per-parameter FP32 list stays in the
     printed / --report report."""
-    return {path: {k: v for k, v in entry.items() if k != "num_weights" and not (k == "reason" and not v)}
-            for path, entry in entries.items()}
+    def stored(key: str, value: Any) -> bool:
+        return not (key == "num_weights" or (key == "reason" and not value)
+                    or (key == "weight_bits" and value == weight_bits))
+
+    return {path: {k: v for k, v in entry.items() if stored(k, v)} for path, entry in entries.items()}
 
 
 def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig, plan: QuantPlan,
@@ -145,7 +149,7 @@ def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig
         "gaqtool.writer": f"gaqtool {__version__}",
         "gaqtool.model_config": _compact_json(model.config),
         "gaqtool.quant_config": _compact_json(config.to_dict()),
-        "gaqtool.plan": _compact_json({"entries": plan_for_file(plan.entries)}),
+        "gaqtool.plan": _compact_json({"entries": plan_for_file(plan.entries, config.weight_bits)}),
         "gaqtool.report": _compact_json(_rounded(_report_for_file(report or {}))),
         "gaqtool.source_sha256": source_sha256,
         "gaqtool.tensors_sha256": _tensors_digest(tensors),
@@ -187,6 +191,9 @@ class QuantizedFile:
             self.model_config = json.loads(self.raw_metadata["gaqtool.model_config"])
             self.quant_config_dict = json.loads(self.raw_metadata["gaqtool.quant_config"])
             self.plan = json.loads(self.raw_metadata["gaqtool.plan"])
+            for entry in self.plan.get("entries", {}).values():  # left out where it is the config's
+                if entry.get("status") == "quantized" and "weight_bits" not in entry:
+                    entry["weight_bits"] = self.quant_config_dict.get("weight_bits")
             self.report = json.loads(self.raw_metadata.get("gaqtool.report", "{}"))
         except json.JSONDecodeError as exc:
             raise FormatError(f"{self.path}: metadata is not valid JSON ({exc})") from None

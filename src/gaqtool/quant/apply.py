@@ -54,6 +54,29 @@ HANDLERS: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], tup
 }
 
 
+def fan_in(module: nn.Module, kind: str) -> int | None:
+    """Inputs each output of a weighted layer mixes (None: not defined for this kind): input
+    features of linear layers, the one-hot width (number of rows) of an embedding, the input
+    channels of an o3.Linear."""
+    if kind == "nn.Linear":
+        return module.in_features
+    if kind == "e3nn.FullyConnectedNet.layer":
+        return module.h_in
+    if kind == "nn.Embedding":
+        return module.num_embeddings
+    if kind == "o3.Linear":
+        return module.irreps_in.num_irreps
+    return None
+
+
+def _weight_bits(module: nn.Module, kind: str, config: QuantConfig) -> int:
+    """``config.small_fan_in_bits`` for layers with a small fan-in, else ``config.weight_bits``."""
+    inputs = fan_in(module, kind)
+    if config.small_fan_in_bits and inputs is not None and inputs <= config.small_fan_in:
+        return config.small_fan_in_bits
+    return config.weight_bits
+
+
 @dataclass
 class QuantPlan:
     """What ``quantize_model`` did: one entry per module (quantized or kept FP32) with reasons.
@@ -108,12 +131,13 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
                                             f"(parameters: {names})"}
     for path, module, kind in swaps:
         input_irreps, weight_names = HANDLERS[kind][1](module)
-        wrapped = QuantizedModule(module, kind, input_irreps, weight_names, config)
+        wrapped = QuantizedModule(module, kind, input_irreps, weight_names, config,
+                                  _weight_bits(module, kind, config))
         _set_submodule(model, path, wrapped)
         plan.entries[path] = {
             "kind": kind, "status": "quantized",
             "reason": "" if weight_names else "no weights: inputs quantized only",
-            "weight_bits": config.weight_bits if weight_names else None,
+            "weight_bits": wrapped.weight_bits if weight_names else None,
             "num_weights": int(sum(getattr(wrapped, f"{n}_int").numel() for n in weight_names)),
             "inputs": [str(o3.Irreps(i).simplify()) if (i is not None and config.quantizes_activations) else None
                        for i in input_irreps],
