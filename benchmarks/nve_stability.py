@@ -75,6 +75,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0],
                         help="velocity seeds; every variant runs from each (mean |drift| is compared)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/nve_stability.json"))
+    parser.add_argument("--reuse-fp32", type=Path, default=None,
+                        help="Take the FP32 runs of these seeds from an earlier output with the same settings "
+                             "(the embedded FP32 model and its start are unchanged, so they are the same "
+                             "trajectories) instead of integrating them again.")
     args = parser.parse_args()
     settings = MDSettings(temperature_k=args.temperature, timestep_fs=args.dt,
                           steps=int(round(args.ps * 1000 / args.dt)), log_every=20, seed=0)
@@ -82,6 +86,19 @@ def main() -> None:
     runs = [(name, seed) for seed in args.seeds for name in names]
     key = (lambda name, seed: name) if len(args.seeds) == 1 else (lambda name, seed: f"{name} seed {seed}")
     done: dict[str, dict] = {}
+    if args.reuse_fp32:
+        earlier = json.loads(args.reuse_fp32.read_text())
+        same = {k: v for k, v in earlier["settings"].items() if k != "seeds"} == settings.__dict__
+        if not same:
+            raise SystemExit(f"--reuse-fp32: {args.reuse_fp32} was run with other settings")
+        earlier_key = (lambda seed: "fp32") if len(earlier["settings"]["seeds"]) == 1 else (
+            lambda seed: f"fp32 seed {seed}")
+        for seed in args.seeds:
+            if seed in earlier["settings"]["seeds"]:
+                done[key("fp32", seed)] = earlier["results"][earlier_key(seed)] | {"reused_from": str(args.reuse_fp32)}
+        runs_to_do = [run for run in runs if key(*run) not in done]
+    else:
+        runs_to_do = runs
 
     def save() -> None:  # after every finished run, so a long job killed late keeps what it has
         ordered = {key(*run): done[key(*run)] for run in runs if key(*run) in done}
@@ -89,7 +106,7 @@ def main() -> None:
         atomic_write(args.out, lambda tmp: tmp.write_text(text))
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_variant, name, seed, args, settings): (name, seed) for name, seed in runs}
+        futures = {pool.submit(run_variant, name, seed, args, settings): (name, seed) for name, seed in runs_to_do}
         for future in as_completed(futures):
             done[key(*futures[future])] = future.result()
             save()
