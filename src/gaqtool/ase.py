@@ -66,8 +66,8 @@ class GAQCalculator(Calculator):
                       else load_model(path_or_model, trust_pickle, force_mode))
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
-        if force_mode is not None:
-            set_force_mode(self.model, force_mode)
+        if force_mode is not None and not isinstance(path_or_model, (str, Path, type(None))):
+            set_force_mode(self.model, force_mode)  # a file was loaded in this mode already
         self.device = torch.device(device)
         self.model = self.model.to(self.device).eval()
         self.cutoff = float(self.model.cutoff)

@@ -25,8 +25,9 @@ from gaqtool.models.potential import energy_and_forces
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 
-__all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS",
-           "activation_rounding_off", "set_force_mode", "conservative_energy_and_forces", "energies_forces_conserved"]
+__all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS", "fan_in",
+           "activation_rounding_off", "set_force_mode", "conservative_energy_and_forces",
+           "energies_forces_conserved"]
 
 
 def _scalars(n: int) -> o3.Irreps:
