@@ -13,7 +13,8 @@ from typing import Any
 
 from gaqtool.errors import InputError
 
-__all__ = ["DEFAULT_KEEP_FP32", "SMALL_FAN_IN_BITS", "Method", "ObserverKind", "WeightClip", "WeightRounding", "DirectionMode", "ForceMode",
+__all__ = ["DEFAULT_KEEP_FP32", "SMALL_FAN_IN_BITS", "Method", "ObserverKind", "WeightClip",
+           "WeightRounding", "DirectionMode", "ForceMode",
            "QuantConfig", "QUANT_CONFIG_VERSION", "parse_bits"]
 
 QUANT_CONFIG_VERSION = 1

@@ -115,7 +115,7 @@ def md(
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
     start = initial_state(numbers, positions, temperature, seed)
-    calculators = [GAQCalculator(m, force_mode=force_mode) for m in loaded]
+    calculators = [GAQCalculator(m, force_mode=None) for m in loaded]  # loaded in force_mode above
     for calc in calculators:
         calc.check_atoms(start)  # unknown elements fail before any dynamics
     if not json_output:
