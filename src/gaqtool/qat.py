@@ -59,6 +59,8 @@ class QATOptions:
     the reference DFT labels. Validation and model selection always use the labels.
     ``energy_weight``: weight of the per-atom energy MSE (eV^2) next to the force MSE ((eV/A)^2)
     in the loss and the selection score.
+    ``ema_decay``: decay of the exponential moving average of the weights that is validated and
+    kept (per step; 0.9 averages about 10 steps, 0.99 about 100).
     """
 
     epochs: int = 10
@@ -71,6 +73,7 @@ class QATOptions:
     seed: int = 0
     targets: str = "teacher"
     energy_weight: float = 1.0
+    ema_decay: float = 0.9
 
     @property
     def fully_quantized_from(self) -> int:
@@ -239,7 +242,7 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
     train_options = TrainOptions(epochs=options.epochs, batch_size=options.batch_size,
                                  learning_rate=options.learning_rate, warmup_steps=20,
                                  energy_weight=options.energy_weight,
-                                 final_lr_fraction=0.05, ema_decay=0.9, seed=options.seed,
+                                 final_lr_fraction=0.05, ema_decay=options.ema_decay, seed=options.seed,
                                  offset_free_selection=config.energy_correction)  # offset re-fitted below
     result = train_model(model, train, val, train_options, on_step, qat_loss(options, rng), schedule,
                          select_from_epoch=options.fully_quantized_from)

@@ -123,10 +123,11 @@ def test_quantize_with_qat_writes_a_loadable_file_with_its_summary(cli, tiny_che
     out = tmp_path / "qat.safetensors"
     result = cli("quantize", tiny_checkpoint, "--bits", "w4a8", "-o", out, "--json", "--qat-epochs", "1",
                  "--vector-warmup", "0", "--qat-batch-size", "16", "--calib-frames", "4", "--eval-frames", "4",
-                 "--lee-frames", "1", "--lee-rotations", "1")
+                 "--lee-frames", "1", "--lee-rotations", "1", "--qat-ema-decay", "0.5")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["data"]
     assert data["qat"]["options"]["targets"] == "teacher" and data["qat"]["best_epoch"] == 0
+    assert data["qat"]["options"]["ema_decay"] == 0.5
     assert data["config"]["weight_clip"] == "minmax"  # QAT's default start
     model = load_quantized(out)
     assert model.quant_config.weight_clip.value == "minmax"

@@ -98,6 +98,7 @@ def quantize(
     qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
     qat_targets: Annotated[QATTargets, typer.Option("--qat-targets", help="What QAT fits: teacher (the FP32 parent's energies and forces on the training frames: distillation) or labels (the DFT reference). Validation always uses the labels.")] = QATTargets.TEACHER,
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
+    qat_ema_decay: Annotated[float, typer.Option("--qat-ema-decay", min=0.0, max=0.9999, help="Per-step decay of the moving average of the QAT weights that is validated and written (0.9: about the last 10 steps; 0.99: about 100).")] = 0.9,
     tangent_projection: Annotated[bool, typer.Option("--tangent-projection/--no-tangent-projection", help="QAT: straight-through on the unit direction, so direction gradients are projected onto the sphere's tangent space.")] = True,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
@@ -147,7 +148,8 @@ def quantize(
                                                            lee_weight=lee_weight, tangent_projection=tangent_projection,
                                                            learning_rate=qat_lr, batch_size=qat_batch_size, seed=seed,
                                                            targets=qat_targets.value,
-                                                           energy_weight=qat_energy_weight),
+                                                           energy_weight=qat_energy_weight,
+                                                           ema_decay=qat_ema_decay),
                                                 quantized)
             if not distributed.is_main():
                 return
