@@ -64,11 +64,11 @@ class QATOptions:
     """
 
     epochs: int = 10
-    vector_warmup: int = 2
+    vector_warmup: int = 1
     activation_warmup: int = 0
     lee_weight: float = 0.0
     tangent_projection: bool = True
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     batch_size: int = 8
     seed: int = 0
     targets: str = "teacher"

@@ -74,7 +74,7 @@ def quantize(
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
     weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. Default: mse for post-training quantization, minmax as the start of QAT (LSQ learns its own clipping; MSE-clipped starts fine-tuned worse). --method naive always uses one min-max scale per tensor.", show_default=False)] = None,
-    weight_rounding: Annotated[Optional[WeightRounding], typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. Default: gptq for post-training quantization, nearest with --qat-epochs (QAT then starts from the FP32 weights; with gptq it starts from the GPTQ-rounded ones).", show_default=False)] = None,
+    weight_rounding: Annotated[WeightRounding, typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. With --qat-epochs the latent weights start from these rounded ones (gptq: 39.0 vs 39.8 meV/A after 10 epochs, README).")] = WeightRounding.GPTQ,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
     codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
@@ -91,10 +91,10 @@ def quantize(
     energy_correction: Annotated[bool, typer.Option("--energy-correction/--no-energy-correction", help="Shift the per-atom energy so the quantized model's mean energy on the calibration frames equals the FP32 parent's (label-free bias correction).")] = True,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
     data: Annotated[Optional[str], typer.Option("--data", help="QAT training data: rmd17:<molecule> (950 train / 50 val of split 01) or a file. Default: the model's molecule.")] = None,
-    vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 2,
+    vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 1,
     activation_warmup: Annotated[int, typer.Option("--activation-warmup", min=0, help="QAT epochs with no activation quantized at all (weights only) before the scalar and, after --vector-warmup, the l>0 activations are switched on.")] = 0,
     lee_weight: Annotated[float, typer.Option("--lee-weight", min=0.0, help="Weight of the QAT equivariance penalty |F(Rx) - R F(x)|^2 with a random rotation per step (0: off).")] = 0.0,
-    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 2e-4,
+    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 1e-4,
     qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
     qat_targets: Annotated[QATTargets, typer.Option("--qat-targets", help="What QAT fits: teacher (the FP32 parent's energies and forces on the training frames: distillation) or labels (the DFT reference). Validation always uses the labels.")] = QATTargets.TEACHER,
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
@@ -121,8 +121,6 @@ def quantize(
         raise InputError(f"--output must end in .safetensors, got '{output}'")
     if weight_clip is None:
         weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
-    if weight_rounding is None:
-        weight_rounding = WeightRounding.NEAREST if qat_epochs else WeightRounding.GPTQ
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in)
