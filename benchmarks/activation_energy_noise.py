@@ -27,9 +27,9 @@ from gaqtool.config import QuantConfig
 from gaqtool.data.graph import iterate_batches
 from gaqtool.data.spec import rmd17_protocol
 from gaqtool.io.loading import load_model
-from gaqtool.kernels.int8 import enable_integer_kernels
+from gaqtool.kernels.int8 import disable_integer_kernels, enable_integer_kernels
 from gaqtool.quant.activation import ActivationQuantizer
-from gaqtool.quant.apply import calibrate
+from gaqtool.quant.apply import activation_quantizers, calibrate
 from gaqtool.workflow import calibration_subset, quantize_loaded
 
 WIDENED = [["readout_*"], ["*radial.hidden.0*"], ["*post_linear*"], ["readout_*", "*radial.hidden.0*"],
@@ -43,6 +43,7 @@ def energies(model: torch.nn.Module, frames) -> np.ndarray:
 
 
 def quantizers(model: torch.nn.Module) -> list[tuple[str, ActivationQuantizer]]:
+    """(module path, quantizer) of every activation quantizer, in module order."""
     return [(n, q) for n, q in model.named_modules() if isinstance(q, ActivationQuantizer)]
 
 
@@ -94,8 +95,8 @@ def main() -> None:
     spreads = range_over_std(model, calibration)
     enable_integer_kernels(model, compile=False)
     record("int8 kernels: dynamic per-row grids where switched", model)
-    model, _ = quantize_loaded(loaded.model, config, train)
-    for _, q in quantizers(model):
+    disable_integer_kernels(model)
+    for q in activation_quantizers(model):
         q.mode = "off"
     record("every activation grid off (weights only)", model)
     for name, q in quantizers(model):

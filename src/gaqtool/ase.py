@@ -58,16 +58,16 @@ class GAQCalculator(Calculator):
                  device: str = "cpu", trust_pickle: bool = False,
                  force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE, **kwargs):
         super().__init__(**kwargs)
+        from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model
             self.model_name = type(path_or_model).__name__
         else:
-            loaded = (path_or_model if isinstance(path_or_model, LoadedModel)
-                      else load_model(path_or_model, trust_pickle, force_mode))
+            loaded = load_model(path_or_model, trust_pickle, force_mode) if from_file else path_or_model
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
-        if force_mode is not None and not isinstance(path_or_model, (str, Path, type(None))):
-            set_force_mode(self.model, force_mode)  # a file was loaded in this mode already
+        if force_mode is not None and not from_file:  # load_model has applied it to files
+            set_force_mode(self.model, force_mode)
         self.device = torch.device(device)
         self.model = self.model.to(self.device).eval()
         self.cutoff = float(self.model.cutoff)
