@@ -87,3 +87,58 @@ def test_edge_spherical_harmonics_are_quantized_equivariantly_and_almost_exactly
     assert (q(sh_rotated) - q(sh) @ d.T).abs().max() < EQUIVARIANT_BOUND
     # the main axis is the edge itself: Y_l of it is one grid point per l, only the norm rounds
     assert (q(sh) - sh).abs().max() < 5e-3
+
+
+def test_runs_of_equal_l_are_quantized_like_separate_blocks():
+    # irreps with repeated l (like the post_linear inputs 3x(32x0e) + 4x(32x1o) + 4x(32x2e)) are
+    # quantized one run at a time; every channel must still meet its own norm step and the row's
+    # frame, as if each (channel, irrep) block were quantized on its own
+    torch.manual_seed(2)
+    irreps = o3.Irreps("2x0e+3x0e+2x1o+3x1o+1x2e+2x2e")
+    x = torch.randn(40, irreps.dim, dtype=torch.float64)
+    quantizer = calibrated(irreps, x, "frame").double()
+    assert [run[0] for run in quantizer.runs] == [0, 1, 2]
+    ours = quantizer(x)
+    vectors = torch.cat([x[:, 5:11].reshape(40, 2, 3), x[:, 11:20].reshape(40, 3, 3)], dim=1)
+    frames = wigner_from_l1(local_frames(vectors), 2)
+    offset = 0
+    for index, (mul, ir) in enumerate(irreps):
+        block = x[:, offset:offset + mul * ir.dim].reshape(40, mul, ir.dim)
+        if ir.l == 0:
+            first = sum(m for m, _ in irreps[:index])
+            scale = quantizer.scalar_scale[first:first + mul].double()
+            zero = quantizer.scalar_zero_point[first:first + mul].double()
+            expected = (torch.round(block[..., 0] / scale) + zero).clamp(0, 255).sub(zero).mul(scale)
+        else:
+            first = sum(m for m, i in irreps[:index] if i.l > 0)
+            scale = quantizer.norm_scale[first:first + mul].double()
+            local = to_local(block, frames[ir.l])
+            norm = local.norm(dim=-1, keepdim=True)
+            grid = torch.round(local / norm * 127)
+            expected = from_local(torch.round(norm / scale[:, None]).clamp(0, 255) * scale[:, None]
+                                  * grid / grid.norm(dim=-1, keepdim=True), frames[ir.l])
+        torch.testing.assert_close(ours[:, offset:offset + mul * ir.dim], expected.reshape(40, -1))
+        offset += mul * ir.dim
+
+
+def test_learnable_mddq_gradient_is_the_one_of_rotating_on_the_graph():
+    # QAT rounds directions in the local frame without autograd; since the norm is invariant
+    # and D^T D = I, the gradient must equal that of rotating the block on the graph
+    torch.manual_seed(3)
+    irreps = o3.Irreps("4x0e+4x1o+4x2e")
+    x = torch.randn(30, irreps.dim, dtype=torch.float64)
+    quantizer = calibrated(irreps, x, "frame").double()
+    quantizer.learnable = True
+    quantizer.register_parameter("log_scalar_scale", torch.nn.Parameter(quantizer.scalar_scale.log()))
+    quantizer.register_parameter("log_norm_scale", torch.nn.Parameter(quantizer.norm_scale.log()))
+    weights = torch.randn(irreps.dim, dtype=torch.float64)
+    block = x[:, 4:16].reshape(30, 4, 3).clone().requires_grad_(True)
+    frame = wigner_from_l1(local_frames(block.detach()), 1)[1]
+    scale = quantizer.log_norm_scale.exp()[:4]  # the 4x1o channels
+    ours = quantizer._mddq_learnable(block, 1, scale, frame)
+    on_graph = from_local(quantizer._mddq_learnable(to_local(block, frame), 1, scale, None), frame)
+    torch.testing.assert_close(ours, on_graph)
+    grads = [torch.autograd.grad((torch.tanh(out.reshape(30, -1) * weights[4:16]) ** 2).sum(), block)[0]
+             for out in (ours, on_graph)]
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().max() > 0

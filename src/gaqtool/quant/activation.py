@@ -16,7 +16,7 @@ from e3nn import o3
 from torch import nn
 
 from gaqtool.config import DirectionMode, Method, QuantConfig
-from gaqtool.irreps import block_norms, merge_blocks, split_blocks
+from gaqtool.irreps import block_norms
 from gaqtool.quant.direction import (fibonacci_sphere, quantize_direction_codebook,
                                       quantize_direction_component, quantize_direction_fp16)
 from gaqtool.quant.frames import from_local, local_frames, to_local, wigner_from_l1
@@ -51,6 +51,19 @@ class ActivationQuantizer(nn.Module):
         self.learnable = False        # QAT: LSQ gradients reach scalar_scale / norm_scale
         self.tangent_projection = True
         num_scalars = sum(mul for mul, ir in self.irreps if ir.l == 0)
+        # (l, start, stop, channels) of each run of consecutive irreps with the same l: in the
+        # mul_ir layout one contiguous slice that reshapes to (..., channels, 2l+1), so e.g.
+        # 4 x 32x1o is quantized as one (..., 128, 3) block (the same per-channel numerics with a
+        # quarter of the ops, which QAT's twice-differentiated graph pays for)
+        self.runs: list[tuple[int, int, int, int]] = []
+        offset = 0
+        for mul, ir in self.irreps:
+            if self.runs and self.runs[-1][0] == ir.l:
+                l, start, _, channels = self.runs[-1]
+                self.runs[-1] = (l, start, offset + mul * ir.dim, channels + mul)
+            else:
+                self.runs.append((ir.l, offset, offset + mul * ir.dim, mul))
+            offset += mul * ir.dim
         num_vectors = sum(mul for mul, ir in self.irreps if ir.l > 0)
         if self.method == Method.NAIVE:
             self.register_buffer("tensor_scale", torch.ones(1))
@@ -111,48 +124,46 @@ class ActivationQuantizer(nn.Module):
             zero = torch.zeros((), dtype=torch.int32)
             return fake_quantize(x, self.tensor_scale.reshape(()), zero, self.num_bits, symmetric=True)
         scalar_scale, norm_scale = self._scales()
-        blocks, out = split_blocks(x, self.irreps), []
+        lead = x.shape[:-1]
+        blocks = [x[..., start:stop].reshape(*lead, channels, 2 * l + 1)
+                  for l, start, stop, channels in self.runs]
         frames = self._local_frames(blocks) if self.direction_mode == "frame" else None
         scalar_offset = vector_offset = 0
-        for (mul, ir), block in zip(self.irreps, blocks):
-            if ir.l == 0:
-                sl = slice(scalar_offset, scalar_offset + mul)
+        out = []
+        for (l, _, _, channels), block in zip(self.runs, blocks):
+            if l == 0:
+                sl = slice(scalar_offset, scalar_offset + channels)
                 if self.learnable:  # identity input gradient: the deployed forces' rule
                     q = fake_quantize_lsq(block[..., 0], scalar_scale[sl], self.scalar_zero_point[sl],
                                           self.num_bits, symmetric=False, identity_input_grad=True)
                 else:
                     q = fake_quantize(block[..., 0], scalar_scale[sl], self.scalar_zero_point[sl],
                                       self.num_bits, symmetric=False)
-                out.append(q.unsqueeze(-1))
-                scalar_offset += mul
-            elif not self.quantize_vectors:
-                out.append(block)
-                vector_offset += mul
+                out.append(q)
+                scalar_offset += channels
+                continue
+            if not self.quantize_vectors:
+                q = block
             else:
-                sl = slice(vector_offset, vector_offset + mul)
-                if frames is not None:
-                    block = to_local(block, frames[ir.l])
+                sl = slice(vector_offset, vector_offset + channels)
+                frame = frames[l] if frames is not None else None
                 if self.learnable:
-                    q = self._mddq_learnable(block, ir.l, norm_scale[sl])
+                    q = self._mddq_learnable(block, l, norm_scale[sl], frame)
                 else:
-                    mode = self.direction_mode
-                    if mode == "frame" or (mode == "codebook" and ir.l != 1):
-                        mode = "component"  # the codebook is defined for l=1 only
-                    q = mddq_fake_quantize(block, self.norm_scale[sl], self.num_bits, mode,
-                                           self.direction_bits,
-                                           codebook=self.codebook if mode == "codebook" else None)
-                out.append(from_local(q, frames[ir.l]) if frames is not None else q)
-                vector_offset += mul
-        return merge_blocks(out, self.irreps)
+                    q = self._mddq_deployed(block, l, sl, frame)
+            out.append(q.reshape(*lead, -1))
+            vector_offset += channels
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
     def _local_frames(self, blocks: list[torch.Tensor]) -> dict[int, torch.Tensor]:
         """{l: D_l (..., 2l+1, 2l+1)} rotating each row into its own equivariant frame, built from
-        the row's l=1 channels (identity frames when the irreps have no l=1 part)."""
-        vectors = [b for (mul, ir), b in zip(self.irreps, blocks) if ir.l == 1]
+        the row's l=1 channels (identity frames when the irreps have no l=1 part).
+        ``blocks``: one ``(..., channels, 2l+1)`` tensor per entry of ``runs``."""
+        vectors = [b for (l, *_), b in zip(self.runs, blocks) if l == 1]
         lmax = max(ir.l for _, ir in self.irreps)
         lead = blocks[0].shape[:-2]
         if vectors:
-            rotation = local_frames(torch.cat(vectors, dim=-2))
+            rotation = local_frames(torch.cat(vectors, dim=-2) if len(vectors) > 1 else vectors[0])
         else:
             rotation = torch.eye(3, dtype=blocks[0].dtype, device=blocks[0].device).expand(*lead, 3, 3)
         return wigner_from_l1(rotation, lmax)
@@ -164,12 +175,36 @@ class ActivationQuantizer(nn.Module):
             return self.log_scalar_scale.exp(), self.log_norm_scale.exp()
         return self.scalar_scale, self.norm_scale
 
-    def _mddq_learnable(self, block: torch.Tensor, l: int, norm_scale: torch.Tensor) -> torch.Tensor:
+    def _mddq_deployed(self, block: torch.Tensor, l: int, channels: slice,
+                       frame: torch.Tensor | None) -> torch.Tensor:
+        """MDDQ of ``block (..., mul, 2l+1)`` on the calibrated grids, straight-through.
+
+        The rounding (in the row's local ``frame (..., 2l+1, 2l+1)`` if given) is computed
+        without autograd and the gradient is the identity, so the frame rotations stay out of
+        the graph that force training differentiates twice (the value is the same as rotating
+        ``block`` on the graph: D^T D = I)."""
+        mode = self.direction_mode
+        if mode == "frame" or (mode == "codebook" and l != 1):
+            mode = "component"  # the codebook is defined for l=1 only
+        with torch.no_grad():
+            local = block if frame is None else to_local(block, frame)
+            q = mddq_fake_quantize(local, self.norm_scale[channels], self.num_bits, mode,
+                                   self.direction_bits,
+                                   codebook=self.codebook if mode == "codebook" else None)
+            if frame is not None:
+                q = from_local(q, frame)
+        return q + (block - block.detach())
+
+    def _mddq_learnable(self, block: torch.Tensor, l: int, norm_scale: torch.Tensor,
+                        frame: torch.Tensor | None) -> torch.Tensor:
         """MDDQ for QAT: LSQ on the norm (its step size learns), straight-through direction.
 
         With ``tangent_projection`` the straight-through estimator acts on the unit direction
         u = v/|v|, so the gradient reaching v is projected onto the sphere's tangent space by
         the normalisation; without it, the block passes gradients as the identity.
+        The norm is rotation invariant, so only the direction rounding needs the local
+        ``frame``; it is done without autograd (the rounding has no gradient anyway), which
+        keeps the frame rotations out of the twice-differentiated graph.
         """
         # smooth norm: finite first and second derivatives at v = 0 (l>0 features start at zero)
         norm = torch.sqrt((block * block).sum(-1, keepdim=True) + 1e-12)
@@ -178,12 +213,14 @@ class ActivationQuantizer(nn.Module):
                                    symmetric=False, identity_input_grad=True)
         unit = block / norm.clamp_min(1e-12)
         with torch.no_grad():
+            local = unit if frame is None else to_local(unit, frame)
             if self.direction_mode == "codebook" and l == 1:
-                unit_q = quantize_direction_codebook(unit, self.codebook)
+                local_q = quantize_direction_codebook(local, self.codebook)
             elif self.direction_mode == "fp16":
-                unit_q = quantize_direction_fp16(unit)
+                local_q = quantize_direction_fp16(local)
             else:
-                unit_q = quantize_direction_component(unit, self.direction_bits)
+                local_q = quantize_direction_component(local, self.direction_bits)
+            unit_q = local_q if frame is None else from_local(local_q, frame)
         if self.tangent_projection:
             return norm_q * (unit + (unit_q - unit).detach())
         straight = block + (unit_q * norm - block).detach()  # value u_q |v|, identity gradient
