@@ -6,7 +6,7 @@ Public API: ``load(path)`` (FP32 checkpoint or quantized safetensors file -> run
 
 from __future__ import annotations
 
-__version__ = "0.1.4"
+__version__ = "0.1.5"
 
 from gaqtool.config import QuantConfig  # noqa: E402
 from gaqtool.io.loading import load  # noqa: E402

@@ -68,7 +68,7 @@ class QATOptions:
     activation_warmup: int = 0
     lee_weight: float = 0.0
     tangent_projection: bool = True
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-4
     batch_size: int = 8
     seed: int = 0
     targets: str = "teacher"
