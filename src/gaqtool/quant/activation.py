@@ -51,19 +51,12 @@ class ActivationQuantizer(nn.Module):
         self.learnable = False        # QAT: LSQ gradients reach scalar_scale / norm_scale
         self.tangent_projection = True
         num_scalars = sum(mul for mul, ir in self.irreps if ir.l == 0)
-        # (l, start, stop, channels) of each run of consecutive irreps with the same l: in the
-        # mul_ir layout one contiguous slice that reshapes to (..., channels, 2l+1), so e.g.
-        # 4 x 32x1o is quantized as one (..., 128, 3) block (the same per-channel numerics with a
-        # quarter of the ops, which QAT's twice-differentiated graph pays for)
-        self.runs: list[tuple[int, int, int, int]] = []
-        offset = 0
-        for mul, ir in self.irreps:
-            if self.runs and self.runs[-1][0] == ir.l:
-                l, start, _, channels = self.runs[-1]
-                self.runs[-1] = (l, start, offset + mul * ir.dim, channels + mul)
-            else:
-                self.runs.append((ir.l, offset, offset + mul * ir.dim, mul))
-            offset += mul * ir.dim
+        # (l, start, stop, channels) of each run of consecutive equal irreps (e3nn's simplify):
+        # in the mul_ir layout one contiguous slice that reshapes to (..., channels, 2l+1), so
+        # e.g. 4 x 32x1o is quantized as one (..., 128, 3) block (the same per-channel numerics
+        # with a quarter of the ops, which QAT's twice-differentiated graph pays for)
+        merged = self.irreps.simplify()
+        self.runs = [(ir.l, sl.start, sl.stop, mul) for (mul, ir), sl in zip(merged, merged.slices())]
         num_vectors = sum(mul for mul, ir in self.irreps if ir.l > 0)
         if self.method == Method.NAIVE:
             self.register_buffer("tensor_scale", torch.ones(1))
@@ -163,7 +156,7 @@ class ActivationQuantizer(nn.Module):
         lmax = max(ir.l for _, ir in self.irreps)
         lead = blocks[0].shape[:-2]
         if vectors:
-            rotation = local_frames(torch.cat(vectors, dim=-2) if len(vectors) > 1 else vectors[0])
+            rotation = local_frames(torch.cat(vectors, dim=-2))
         else:
             rotation = torch.eye(3, dtype=blocks[0].dtype, device=blocks[0].device).expand(*lead, 3, 3)
         return wigner_from_l1(rotation, lmax)
