@@ -25,7 +25,7 @@ from gaqtool.cli.bench import _freeze, bench_systems
 from gaqtool.data.frames import read_npz
 from gaqtool.data.spec import sample_path
 from gaqtool.io.loading import load_model
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_int_mm", "aten::addbmm"}
 KERNEL_SPEEDUPS = (3.5, 5.0, float("inf"))

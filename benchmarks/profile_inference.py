@@ -29,7 +29,7 @@ from gaqtool.data.graph import make_batch
 from gaqtool.data.spec import sample_path
 from gaqtool.io.checkpoint import default_model_path
 from gaqtool.kernels import enable_integer_kernels
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 from gaqtool.quant.modules import QuantizedModule
 
 PREFIX = "[module] "  # (inductor uses "## Call CompiledFxGraph ... ##" ranges)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.5"
 
+import gaqtool.backends.reference  # noqa: E402,F401  (registers its quantization handler)
 from gaqtool.config import QuantConfig  # noqa: E402
 from gaqtool.io.loading import load  # noqa: E402
 from gaqtool.quant.apply import quantize_model  # noqa: E402

@@ -4,7 +4,8 @@
     >>> atoms.calc = GAQCalculator("quantized.safetensors")        # doctest: +SKIP
     >>> atoms.get_potential_energy(), atoms.get_forces()           # eV, (N, 3) eV/A  # doctest: +SKIP
 
-Molecules only (no periodic boundary conditions). The neighbour list is rebuilt on every call.
+Molecules and periodic cells (stress for cells with periodic boundaries). The neighbour list is
+rebuilt on every call.
 This module is ``gaqtool.ase``; the imports below are absolute, so ``ase`` is the ASE package.
 """
 
@@ -17,7 +18,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from gaqtool.config import ForceMode
-from gaqtool.data.graph import Batch, radius_graph
+from gaqtool.data.graph import Batch, structures_batch
 from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
 from gaqtool.quant.apply import energies_forces_conserved, set_force_mode
@@ -25,18 +26,23 @@ from gaqtool.quant.apply import energies_forces_conserved, set_force_mode
 __all__ = ["GAQCalculator", "atoms_to_batch"]
 
 
-def atoms_to_batch(numbers: np.ndarray, positions: np.ndarray, cutoff: float,
-                   device: torch.device | str = "cpu") -> Batch:
-    """One molecule as a Batch: numbers (N,) int, positions (N, 3) Angstrom -> float32 graph."""
-    z = torch.as_tensor(np.asarray(numbers), dtype=torch.int64)
-    pos = torch.as_tensor(np.asarray(positions, dtype=np.float64)).to(torch.float32)
-    molecule_index = torch.zeros(len(z), dtype=torch.int64)
-    src, dst = radius_graph(pos, molecule_index, cutoff)
-    return Batch(z, pos, molecule_index, 1, src, dst).to(device)
+def atoms_to_batch(atoms, cutoff: float, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> Batch:
+    """One ``ase.Atoms`` (molecule or periodic cell) as a Batch with its neighbour list."""
+    return structures_batch([np.asarray(atoms.numbers)], [np.asarray(atoms.positions, dtype=np.float64)],
+                            [np.asarray(atoms.cell[:], dtype=np.float64)], [np.asarray(atoms.pbc, dtype=bool)],
+                            cutoff, dtype).to(device)
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of a model's first floating parameter (float32 if it has none): positions are
+    given to the model in that precision."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 class GAQCalculator(Calculator):
-    """Energy (eV) and forces (eV/A, -dE/dx by autograd) from a gaqtool model.
+    """Energy (eV), forces (eV/A, -dE/dx by autograd) and, for periodic cells, stress (eV/A^3,
+    ASE's Voigt order and sign) from a gaqtool model of any backend.
 
     path_or_model: a model file (.pt FP32 checkpoint or quantized .safetensors), a
                    ``LoadedModel``, a model (``nn.Module`` with ``cutoff`` and ``config``), or
@@ -52,7 +58,7 @@ class GAQCalculator(Calculator):
     E_q and ``conserved_energy`` is E_s; see ``gaqtool.quant.apply``).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
                  device: str = "cpu", trust_pickle: bool = False,
@@ -71,10 +77,10 @@ class GAQCalculator(Calculator):
         self.device = torch.device(device)
         self.model = self.model.to(self.device).eval()
         self.cutoff = float(self.model.cutoff)
-        self.species = [int(z) for z in self.model.config["species"]]
+        self.species = [int(z) for z in self.model.species]
 
     def check_atoms(self, atoms) -> None:
-        """Raise InputError for elements outside the model's species or periodic systems."""
+        """Raise InputError for elements outside the model's species."""
         unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.species))
         if unknown:
             from ase.data import chemical_symbols
@@ -83,16 +89,17 @@ class GAQCalculator(Calculator):
             allowed = ", ".join(chemical_symbols[z] for z in self.species)
             raise InputError(f"{self.model_name} cannot handle element(s) {names}",
                              hint=f"the model was trained on {allowed} only")
-        if np.any(atoms.pbc):
-            raise InputError("periodic boundary conditions are not supported by GAQCalculator",
-                             hint="use isolated molecules (atoms.pbc = False)")
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         self.check_atoms(self.atoms)
-        batch = atoms_to_batch(self.atoms.numbers, self.atoms.positions, self.cutoff, self.device)
-        energies, forces, conserved = energies_forces_conserved(self.model, batch)
-        energy = float(energies.detach()[0].cpu())
+        batch = atoms_to_batch(self.atoms, self.cutoff, self.device, model_dtype(self.model))
+        periodic = bool(np.any(self.atoms.pbc))
+        prediction, conserved = energies_forces_conserved(self.model, batch, stress=periodic)
+        energy = float(prediction.energies.detach()[0].cpu())
         self.results = {"energy": energy, "free_energy": energy,
-                        "forces": forces.detach().cpu().double().numpy(),
+                        "forces": prediction.forces.detach().cpu().double().numpy(),
                         "conserved_energy": float(conserved[0].cpu())}
+        if periodic:
+            s = prediction.stress.detach()[0].cpu().double().numpy()
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -88,12 +88,13 @@ class ForceMode(str, Enum):
     CONSERVATIVE = "conservative"
 
 
-# Module patterns kept in FP32 unless told otherwise: the species embedding (the paper keeps the
-# first and last layers in FP32). It is a few hundred numbers, and at 4 bits its per-species
-# feature error enters every layer; GPTQ cannot compensate it. Measured on the embedded aspirin
-# model (4 x 32 numbers), gaq W4A8, 1000 test frames: force MAE 96.6 -> 76.4 meV/A for ~0.4 KB
-# (benchmarks/energy_sensitivity.py and README).
-DEFAULT_KEEP_FP32: tuple[str, ...] = ("*embedding*",)
+# Kept in FP32 unless told otherwise: the module with the species-embedding role (each backend
+# says which module that is; ``gaqtool.potential.ROLES``). The paper keeps the first and last
+# layers in FP32. It is a few hundred to a few ten thousand numbers, and at 4 bits its
+# per-species feature error enters every layer; GPTQ cannot compensate it. Measured on the
+# embedded aspirin model (4 x 32 numbers), gaq W4A8, 1000 test frames: force MAE 96.6 -> 76.4
+# meV/A for ~0.4 KB; on SevenNet-0 (89 x 128), W8 moves forces 17 -> 8.6 meV/A with it FP32.
+DEFAULT_KEEP_FP32: tuple[str, ...] = ("role:species_embedding",)
 
 # Weight bits of layers with a small fan-in (at most QuantConfig.small_fan_in inputs per output):
 # each output mixes few inputs, so their rounding errors do not average out, and such layers are
@@ -135,9 +136,10 @@ class QuantConfig:
     direction_mode:   MDDQ direction rounding ('frame' default: equivariant local frames)
     direction_bits:   bits per component for MDDQ 'component' / 'frame' directions
     codebook_size:    points of the spherical codebook for 'codebook' directions (l=1)
-    keep_fp32:        fnmatch patterns of module paths left in FP32; None (default):
-                      ``DEFAULT_KEEP_FP32`` (the species embedding) for 'gaq' and
-                      'weight-only', nothing for 'naive' (the baseline quantizes every tensor)
+    keep_fp32:        modules left in FP32: 'role:<role>' (a role the model's backend
+                      declares, e.g. 'role:species_embedding') or an fnmatch pattern of module
+                      paths; None (default): ``DEFAULT_KEEP_FP32`` (the species embedding) for
+                      'gaq' and 'weight-only', nothing for 'naive' (it quantizes every tensor)
     small_fan_in_bits: weight bits of layers with at most ``small_fan_in`` inputs per output (0:
                       no exception); None (default): ``SMALL_FAN_IN_BITS`` for 'gaq' and
                       'weight-only' when it is wider than ``weight_bits``, 0 for 'naive'

@@ -13,6 +13,7 @@ __all__ = [
     "ModelLoadError",
     "FormatError",
     "UnsupportedModelError",
+    "UnknownElementError",
 ]
 
 
@@ -45,3 +46,8 @@ class FormatError(GaqtoolError):
 
 class UnsupportedModelError(GaqtoolError):
     """A model contains modules that gaqtool cannot quantize or run."""
+
+
+class UnknownElementError(DataError, ValueError):
+    """A structure holds an element the model has no parameters for (also a ValueError, which
+    is what models raise for it)."""

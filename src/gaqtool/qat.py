@@ -26,7 +26,7 @@ from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.errors import InputError
 from gaqtool.metrics.accuracy import predict
 from gaqtool.metrics.equivariance import haar_rotations
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.apply import set_force_mode
 from gaqtool.quant.modules import QuantizedModule

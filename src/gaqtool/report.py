@@ -22,27 +22,64 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
+def _label_rows(acc: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(label, FP32, quantized) rows of errors against labels, per kind for mixed sets."""
+    fp32, quant = acc["fp32"], acc["quantized"]
+    if not fp32.get("num_labelled", fp32.get("num_frames")) or "force_mae_mev_a" not in fp32:
+        return []
+    rows = []
+    scopes = [(k, f" {k}") for k in ("crystals", "molecules") if k in fp32] or [(None, "")]
+    for scope, suffix in scopes:
+        a, b = (fp32[scope], quant[scope]) if scope else (fp32, quant)
+        rows.append((f"energy MAE{suffix} (meV)", a["energy_mae_mev"], b["energy_mae_mev"]))
+        rows.append((f"force MAE{suffix} (meV/A)", a["force_mae_mev_a"], b["force_mae_mev_a"]))
+        if "stress_mae_mev_a3" in a:
+            rows.append((f"stress MAE{suffix} (meV/A3)", a["stress_mae_mev_a3"], b["stress_mae_mev_a3"]))
+    return rows
+
+
+def _deviation_rows(deviation: dict[str, Any]) -> list[tuple[str, float]]:
+    """(label, value) rows of the quantized model's deviation from FP32, per kind if mixed."""
+    rows = []
+    scopes = [(k, f" {k}") for k in ("crystals", "molecules") if k in deviation] or [(None, "")]
+    for scope, suffix in scopes:
+        d = deviation[scope] if scope else deviation
+        rows.append((f"|dE|{suffix} (meV/atom)", d["energy_mae_mev_per_atom"]))
+        rows.append((f"|dF|{suffix} (meV/A)", d["force_mae_mev_a"]))
+        if "stress_mae_mev_a3" in d:
+            rows.append((f"|dS|{suffix} (meV/A3)", d["stress_mae_mev_a3"]))
+    return rows
+
+
 def render_quantize_report(report: dict[str, Any], console: Console, show_modules: bool = False) -> None:
-    """Accuracy, LEE and size of a quantized model next to its FP32 parent."""
+    """Accuracy, deviation from FP32, LEE and size of a quantized model next to its parent."""
     acc, lee, size = report["accuracy"], report["lee"], report["size"]
-    table = Table(title=f"{report['method']} {report['bits']} vs FP32 ({acc['fp32']['num_frames']} held-out frames)")
+    frames = acc["fp32"]["num_frames"]
+    table = Table(title=f"{report['method']} {report['bits']} vs FP32 ({frames} held-out structures)")
     table.add_column("metric")
     table.add_column("FP32", justify="right")
     table.add_column("quantized", justify="right")
     table.add_column("ratio", justify="right")
-    for label, key, src in (("energy MAE (meV)", "energy_mae_mev", acc),
-                            ("force MAE (meV/A)", "force_mae_mev_a", acc),
-                            ("LEE force mean (meV/A)", "force_mean_mev_a", lee),
-                            ("LEE force max (meV/A)", "force_max_mev_a", lee),
-                            ("LEE energy mean (meV)", "energy_mean_mev", lee)):
-        a, b = src["fp32"][key], src["quantized"][key]
+    for label, a, b in _label_rows(acc):
+        table.add_row(label, f"{a:.4g}", f"{b:.4g}", _ratio(b, a))
+    for label, value in _deviation_rows(report.get("deviation", {})) if report.get("deviation") else []:
+        table.add_row(label, "0", f"{value:.4g}", "")
+    for label, key in (("LEE force mean (meV/A)", "force_mean_mev_a"),
+                       ("LEE force max (meV/A)", "force_max_mev_a"),
+                       ("LEE energy mean (meV)", "energy_mean_mev")):
+        a, b = lee["fp32"][key], lee["quantized"][key]
         table.add_row(label, f"{a:.4g}", f"{b:.4g}", _ratio(b, a))
     table.add_row("model file", format_bytes(size["fp32_checkpoint_bytes"]),
                   format_bytes(size.get("quantized_file_bytes", size["quantized_tensor_bytes"])),
-                  f"{size.get('file_ratio', 0):.2f}x smaller" if size.get("file_ratio") else "")
+                  f"{size.get('file_ratio', 0):.2f}x" if size.get("file_ratio") else "")
     table.add_row("tensor bytes", format_bytes(size["fp32_tensor_bytes"]),
-                  format_bytes(size["quantized_tensor_bytes"]), f"{size['tensor_ratio']:.2f}x smaller")
+                  format_bytes(size["quantized_tensor_bytes"]), f"{size['tensor_ratio']:.2f}x")
     console.print(table)
+    labelled = acc["fp32"].get("num_labelled", frames)
+    if labelled < frames:
+        console.print(f"{frames - labelled} of {frames} structures have no labels: they enter "
+                      "only the |dE|, |dF|, |dS| rows (deviation from the FP32 parent, teacher "
+                      "mode).", highlight=False)
     lee_info = lee["fp32"]
     console.print(f"LEE: {lee_info['num_frames']} frames x {lee_info['num_rotations']} Haar-random rotations "
                   f"(seed {lee_info['seed']}); FP32 column is the float32 floor.", highlight=False)

@@ -19,7 +19,7 @@ from gaqtool.data.frames import Frames
 from gaqtool.errors import GaqtoolError
 from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, predict
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 
 __all__ = ["TrainOptions", "TrainResult", "fit_energy_shift", "force_rms", "energy_force_loss",
            "train_model"]

@@ -15,7 +15,7 @@ from gaqtool.data.frames import Frames
 from gaqtool.data.graph import iterate_batches
 from gaqtool.io.loading import LoadedModel, file_sha256
 from gaqtool.io.safetensors_io import file_tensors, save_quantized
-from gaqtool.metrics.accuracy import accuracy_metrics, predict
+from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
 from gaqtool.metrics.equivariance import local_equivariance_error
 from gaqtool.quant.apply import QuantPlan, calibrate, quantize_model
 from gaqtool.quant.gptq import gptq_
@@ -51,38 +51,40 @@ def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Fra
                 entry["rounding"] = WeightRounding.NEAREST.value
     calibrate(model, iterate_batches(frames, 8, model.cutoff), lambda m, b: m(b),
               (lambda b: on_progress(b.num_molecules)) if on_progress else None)
-    if config.energy_correction and hasattr(model, "energy_shift"):
+    if config.energy_correction and hasattr(model, "add_energy_offset"):
         correct_energy_offset(fp32, model, frames)
     return model, plan
 
 
 @torch.no_grad()
 def correct_energy_offset(fp32: torch.nn.Module, quantized: torch.nn.Module, frames: Frames) -> float:
-    """Add the mean (FP32 - quantized) energy per atom on ``frames`` to every element's energy
-    shift of ``quantized`` (its config too, so the file rebuilds it). Returns the offset in eV/atom."""
+    """Add the mean (FP32 - quantized) energy per atom on ``frames`` to every atomic energy of
+    ``quantized`` (``add_energy_offset``: its config too, so the file rebuilds it). Returns the
+    offset in eV/atom."""
     differences = []
     for batch in iterate_batches(frames, 8, quantized.cutoff):
         natoms = batch.num_atoms_per_molecule.to(torch.float64)
         differences.append((fp32(batch) - quantized(batch)) / natoms)
     offset = float(torch.cat(differences).mean())
-    quantized.energy_shift += offset
-    quantized.config["energy_shift"] = {str(z): float(v) for z, v in
-                                        zip(quantized.config["species"], quantized.energy_shift.tolist())}
+    quantized.add_energy_offset(offset)
     return offset
 
 
 def evaluate_pair(fp32: torch.nn.Module, quantized: torch.nn.Module, frames: Frames,
                   lee_frames: int, lee_rotations: int, seed: int,
                   on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Accuracy and LEE of the FP32 parent and the quantized model on the same frames."""
+    """Accuracy (against the labels, where the frames have them), the quantized model's
+    deviation from its FP32 parent on every frame, and LEE of both, on the same frames."""
     out: dict[str, Any] = {"accuracy": {}, "lee": {}}
     lee_set = frames.subset(range(min(lee_frames, len(frames))))
+    predictions = {}
     for name, model in (("fp32", fp32), ("quantized", quantized)):
-        out["accuracy"][name] = accuracy_metrics(
-            predict(model, frames, on_batch=on_progress), frames)
+        predictions[name] = predict(model, frames, on_batch=on_progress)
+        out["accuracy"][name] = accuracy_metrics(predictions[name], frames)
         out["lee"][name] = local_equivariance_error(model, lee_set, lee_rotations, seed)
         if on_progress:
             on_progress(0)
+    out["deviation"] = deviation_metrics(predictions["quantized"], predictions["fp32"], frames)
     return out
 
 

@@ -19,7 +19,7 @@ from gaqtool.config import QuantConfig  # noqa: E402
 from gaqtool.data.frames import read_npz  # noqa: E402
 from gaqtool.data.graph import make_batch  # noqa: E402
 from gaqtool.io.safetensors_io import FORMAT_VERSION, save_quantized  # noqa: E402
-from gaqtool.models.potential import energy_and_forces  # noqa: E402
+from gaqtool.potential import energy_and_forces  # noqa: E402
 from gaqtool.data.spec import sample_path  # noqa: E402
 from gaqtool.workflow import quantize_loaded  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402

@@ -21,7 +21,8 @@ from gaqtool.data.spec import resolve_data
 from gaqtool.io.checkpoint import save_checkpoint
 from gaqtool.io.loading import file_sha256
 from gaqtool.io.safetensors_io import save_quantized
-from gaqtool.models.potential import DEFAULT_CONFIG, build_model, energy_and_forces
+from gaqtool.models.potential import DEFAULT_CONFIG, build_model
+from gaqtool.potential import energy_and_forces
 from gaqtool.workflow import quantize_loaded
 
 torch.set_num_threads(1)

@@ -26,7 +26,7 @@ def test_quantize_human_mode_writes_file_and_report(cli, tiny_checkpoint, tmp_pa
     assert any(m["status"] == "fp32" and m["reason"] for m in data["modules"])
     model = load_quantized(out)
     assert model.quant_config.bits_label == "w4a8"
-    assert model.quant_config.keep_fp32 == ("*embedding*",)
+    assert model.quant_config.keep_fp32 == ("role:species_embedding",)
     # the stored report names the source by file name: the bytes do not depend on its directory
     assert read_header(out).report["source"]["path"] == Path(tiny_checkpoint).name
     assert data["source"]["path"] == str(tiny_checkpoint)

@@ -16,7 +16,8 @@ from gaqtool.errors import InputError
 from gaqtool.io.checkpoint import save_checkpoint
 from gaqtool.io.loading import file_sha256
 from gaqtool.io.safetensors_io import save_quantized
-from gaqtool.models.potential import DEFAULT_CONFIG, build_model, energy_and_forces
+from gaqtool.models.potential import DEFAULT_CONFIG, build_model
+from gaqtool.potential import energy_and_forces
 from gaqtool.workflow import quantize_loaded
 
 torch.set_num_threads(1)
@@ -106,13 +107,44 @@ def test_unknown_element_is_a_clear_error(files):
     assert "H, C, O" in info.value.hint
 
 
-def test_periodic_atoms_are_refused(files):
+def test_periodic_cell_forces_and_stress_are_derivatives_of_the_energy(files):
+    """A small periodic C/O cell with neighbours across its faces: forces match central
+    differences of the energy, and stress the derivative under a symmetric strain, (1/V) dE/de
+    (ASE's sign), through GAQCalculator in float64 precision of the differences."""
     from gaqtool.ase import GAQCalculator
 
-    atoms = Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]], cell=[5, 5, 5], pbc=True)
-    atoms.calc = GAQCalculator(files["fp32"])
-    with pytest.raises(InputError, match="periodic"):
-        atoms.get_forces()
+    rng = np.random.default_rng(0)
+    cell = np.array([[3.2, 0.0, 0.0], [0.4, 3.0, 0.0], [0.2, 0.3, 3.4]])
+    atoms = Atoms("COCH", scaled_positions=rng.random((4, 3)), cell=cell, pbc=True)
+    calc = GAQCalculator(files["fp32"])
+    calc.model.double()
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 1e-3 and np.abs(stress).max() > 1e-5  # something to compare
+
+    def energy(positions=None, strain=None):
+        moved = atoms.copy()
+        if strain is not None:
+            moved.set_cell(cell @ (np.eye(3) + strain), scale_atoms=True)
+        if positions is not None:
+            moved.positions = positions
+        moved.calc = calc
+        return moved.get_potential_energy()
+
+    h = 1e-4
+    for k, axis in ((0, 0), (2, 1), (3, 2)):
+        plus, minus = atoms.positions.copy(), atoms.positions.copy()
+        plus[k, axis] += h
+        minus[k, axis] -= h
+        assert -(energy(plus) - energy(minus)) / (2 * h) == pytest.approx(forces[k, axis], abs=1e-5)
+    volume = atoms.get_volume()
+    voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
+    for index, (i, j) in enumerate(voigt):
+        strain = np.zeros((3, 3))
+        strain[i, j] = strain[j, i] = h if i != j else h
+        scale = 2.0 if i != j else 1.0  # an off-diagonal strain component enters twice
+        derivative = (energy(strain=strain) - energy(strain=-strain)) / (2 * h) / volume / scale
+        assert derivative == pytest.approx(stress[index], abs=1e-6)
 
 
 def test_default_calculator_forces_are_conservative_for_an_activation_quantized_model(files, frames):

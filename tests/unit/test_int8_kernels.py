@@ -24,7 +24,7 @@ from gaqtool.data.frames import read_npz  # noqa: E402
 from gaqtool.data.graph import make_batch  # noqa: E402
 from gaqtool.data.spec import sample_path  # noqa: E402
 from gaqtool.kernels import int8 as k8  # noqa: E402
-from gaqtool.models.potential import energy_and_forces  # noqa: E402
+from gaqtool.potential import energy_and_forces  # noqa: E402
 from gaqtool.quant.modules import QuantizedModule  # noqa: E402
 from gaqtool.workflow import quantize_loaded  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402

@@ -12,7 +12,7 @@ from e3nn.util.test import assert_equivariant
 from gaqtool.data.graph import make_batch
 from gaqtool.models.convolution import ChannelwiseConvolution
 from gaqtool.models.layers import EquivariantAttentionLayer
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 from tests.conftest import make_tiny_model
 
 

@@ -11,7 +11,7 @@ import torch
 from gaqtool.config import QuantConfig
 from gaqtool.data.graph import make_batch
 from gaqtool.io.safetensors_io import load_quantized, save_quantized
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 from gaqtool.qat import QATOptions, convert_qat, prepare_qat, qat_loss, set_vector_quantization
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.apply import QuantPlan

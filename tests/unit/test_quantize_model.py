@@ -158,7 +158,7 @@ def test_conservative_force_mode_is_the_gradient_of_the_unrounded_energy(train_f
     from dataclasses import replace
 
     from gaqtool.data.graph import make_batch
-    from gaqtool.models.potential import energy_and_forces
+    from gaqtool.potential import energy_and_forces
     from gaqtool.quant.apply import activation_rounding_off
 
     fp32 = make_tiny_model(energy_shift={})

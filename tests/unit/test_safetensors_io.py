@@ -13,7 +13,7 @@ from gaqtool.config import QuantConfig
 from gaqtool.data.graph import make_batch
 from gaqtool.errors import FormatError
 from gaqtool.io.safetensors_io import FORMAT_VERSION, load_quantized, read_header, save_quantized
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import energy_and_forces
 from gaqtool.packing import unpack_bits
 from gaqtool.workflow import quantize_loaded
 from tests.conftest import make_tiny_model

@@ -116,7 +116,7 @@ def energy_forces_call(model, batch, autocast: bool) -> Callable[[], tuple]:
     """A function running energy + forces once: ((M,) float64 eV, (n, 3) float32 eV/A)."""
     import torch
 
-    from gaqtool.models.potential import energy_and_forces
+    from gaqtool.potential import energy_and_forces
 
     def run():
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()

@@ -25,3 +25,6 @@ ForceModeOverrideOption = Annotated[Optional[ForceMode], typer.Option(
          "rounding off: exact gradient, energy-conserving dynamics) or ste (autograd straight through the "
          "rounding: not the gradient of any energy). Default: the mode stored in the file.",
     show_default=False)]
+ModalOption = Annotated[Optional[str], typer.Option(
+    "--modal", help="Fidelity of a multi-fidelity model (SevenNet-MF-0: PBE or R2SCAN); required "
+                    "there, refused elsewhere. A quantized file keeps the one it was made with.")]

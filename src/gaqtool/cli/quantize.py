@@ -11,10 +11,10 @@ import typer
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
-from gaqtool.data.spec import resolve_data
+from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write
 from gaqtool.io.loading import load_model
@@ -23,7 +23,9 @@ from gaqtool.report import render_quantize_report
 from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
-    help="FP32 checkpoint (.pt) to quantize. Default: the embedded aspirin model.", show_default=False)]
+    help="FP32 model to quantize: a gaqtool checkpoint (.pt), a SevenNet checkpoint (.pth) or a "
+         "named model (sevenn:7net-0, sevenn:7net-mf-0, sevenn:7net-l3i5). Default: the embedded "
+         "aspirin model.", show_default=False)]
 
 
 def _keep_patterns(values: list[str] | None) -> tuple[str, ...] | None:
@@ -51,8 +53,8 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
     """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place); returns
     (converted model, summary for the report)."""
     distributed.init_from_env()
-    train = resolve_data(data or "rmd17", "train", rmd17_dir, molecule)
-    val = resolve_data(data or "rmd17", "val", rmd17_dir, molecule)
+    train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
+    val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
     steps = options.epochs * -(-(len(train.frames) // distributed.world_size()) // options.batch_size)
     task = bar.add_task("QAT", total=steps, info="")
     on_step = training_callback(bar, task, "QAT epoch")
@@ -104,6 +106,7 @@ def quantize(
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
+    modal: ModalOption = None,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
@@ -125,12 +128,12 @@ def quantize(
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in)
     started = time.perf_counter()
-    loaded = load_model(model, trust_pickle)
+    loaded = load_model(model, trust_pickle, modal=modal)
     if loaded.kind != "fp32":
         raise InputError(f"{loaded.path} is already quantized", hint="quantize the FP32 checkpoint (.pt)")
     molecule = loaded.molecule
-    calib = resolve_data(calib_data or "rmd17", "train", rmd17_dir, molecule)
-    evaluation = resolve_data(eval_data or "rmd17", "test", rmd17_dir, molecule)
+    calib = resolve_data(calib_data or default_spec(molecule), "train", rmd17_dir, molecule)
+    evaluation = resolve_data(eval_data or default_spec(molecule), "test", rmd17_dir, molecule)
     eval_set = evaluation.frames.subset(range(min(eval_frames, len(evaluation.frames))))
     if not json_output:
         console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
@@ -157,7 +160,8 @@ def quantize(
                                 lambda n: bar.update(task, advance=n))
     report = {
         "bits": config.bits_label, "method": config.method.value, "config": config.to_dict(),
-        "source": {"path": str(loaded.path), "kind": loaded.kind},
+        "source": {"path": str(loaded.path), "kind": loaded.kind, "name": loaded.info.get("source"),
+                   "modal": modal},
         "calibration": {"frames": min(config.calib_frames, len(calib.frames)), "data": calib.description},
         "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,

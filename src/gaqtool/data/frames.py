@@ -1,12 +1,14 @@
-"""In-memory labelled molecular frames and their readers (rMD17 npz, sGDML npz, any ASE file).
+"""In-memory labelled frames (molecules or periodic cells) and their readers (rMD17 npz,
+sGDML npz, any ASE-readable file such as extxyz or traj).
 
 All arrays use eV and Angstrom. Frames may differ in composition (ASE files), so per-frame
-arrays are kept in lists; rMD17 files give frames of one molecule.
+arrays are kept in lists; rMD17 files give frames of one molecule. Labels may be missing: an
+unlabelled file has NaN energies and forces (evaluated against the FP32 parent, "teacher" mode).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,12 @@ class Frames:
     numbers:   list of (N_i,) int64 atomic numbers
     positions: list of (N_i, 3) float64, Angstrom
     energies:  (F,) float64 total energies, eV (NaN if unlabelled)
-    forces:    list of (N_i, 3) float64, eV/Angstrom
+    forces:    list of (N_i, 3) float64, eV/Angstrom (NaN if unlabelled)
     source:    human-readable origin, shown in reports
+    cells:     list of (3, 3) float64 lattice vectors (rows, Angstrom), or None: no cells
+    pbc:       list of (3,) bool periodic directions, or None: none periodic
+    stresses:  list of (3, 3) float64 stress (ASE sign convention, eV/A^3; NaN where
+               unknown), or None: no stress labels
     """
 
     numbers: list[np.ndarray]
@@ -37,9 +43,46 @@ class Frames:
     source: str = ""
     molecule: str | None = None
     info: dict = field(default_factory=dict)
+    cells: list[np.ndarray] | None = None
+    pbc: list[np.ndarray] | None = None
+    stresses: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.numbers)
+
+    def cell(self, i: int) -> np.ndarray:
+        """(3, 3) lattice vectors of frame ``i`` (zeros for a molecule)."""
+        return np.zeros((3, 3)) if self.cells is None else self.cells[i]
+
+    def periodic(self, i: int) -> np.ndarray:
+        """(3,) bool periodic directions of frame ``i``."""
+        return np.zeros(3, dtype=bool) if self.pbc is None else self.pbc[i]
+
+    @property
+    def any_periodic(self) -> bool:
+        return self.pbc is not None and any(bool(np.any(p)) for p in self.pbc)
+
+    @property
+    def has_energy_labels(self) -> bool:
+        return bool(np.all(np.isfinite(self.energies)))
+
+    @property
+    def has_force_labels(self) -> bool:
+        return all(bool(np.all(np.isfinite(f))) for f in self.forces)
+
+    @property
+    def has_stress_labels(self) -> bool:
+        """True when every periodic frame has a finite stress label (and one is periodic)."""
+        if self.stresses is None or not self.any_periodic:
+            return False
+        return all(bool(np.all(np.isfinite(self.stresses[i])))
+                   for i in range(len(self)) if np.any(self.periodic(i)))
+
+    def with_labels(self, energies: np.ndarray, forces: list[np.ndarray],
+                    stresses: list[np.ndarray] | None) -> "Frames":
+        """The same structures with other labels (e.g. an FP32 teacher's predictions)."""
+        return replace(self, energies=np.asarray(energies, dtype=np.float64), forces=list(forces),
+                       stresses=None if stresses is None else list(stresses), info=dict(self.info))
 
     def subset(self, indices) -> "Frames":
         """Frames at ``indices`` (any int sequence), same order."""
@@ -47,6 +90,7 @@ class Frames:
         if not idx:
             raise DataError(f"empty frame selection from {self.source}",
                             hint="choose a non-empty range of frames")
+        pick = (lambda values: None if values is None else [values[i] for i in idx])
         return Frames(
             numbers=[self.numbers[i] for i in idx],
             positions=[self.positions[i] for i in idx],
@@ -55,6 +99,9 @@ class Frames:
             source=self.source,
             molecule=self.molecule,
             info=dict(self.info),
+            cells=pick(self.cells),
+            pbc=pick(self.pbc),
+            stresses=pick(self.stresses),
         )
 
     @property
@@ -114,32 +161,66 @@ def read_npz(path: Path) -> Frames:
     )
 
 
+def _ase_label(atoms, name: str):
+    """``atoms.get_<name>()`` from its calculator, or None where the file has no such label."""
+    if atoms.calc is None:
+        return None
+    try:
+        return np.asarray(getattr(atoms, f"get_{name}")(), dtype=np.float64)
+    except Exception:  # ASE raises PropertyNotImplementedError and others for absent labels
+        return None
+
+
 def read_ase(path: Path) -> Frames:
-    """Read every frame of an ASE-readable file that carries energies and forces (eV, eV/A)."""
+    """Read every frame of an ASE-readable file (extxyz, traj, ...): cells and periodic
+    boundary conditions, and energy, forces and stress labels where the file has them (ASE's
+    conventions: eV, eV/A, eV/A^3). Frames without energy and forces are kept unlabelled (NaN)."""
     import ase.io
 
     try:
         atoms_list = ase.io.read(str(path), index=":")
     except Exception as exc:  # ase raises many types for unreadable files
-        raise DataError(f"cannot read {path} with ASE: {exc}",
-                        hint="use an rMD17 .npz or an extxyz file with energy and forces") from None
+        raise DataError(f"cannot read {path} with ASE: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}",
+                        hint="use an rMD17 .npz, or an extxyz/traj file ASE can read") from None
     if not atoms_list:
         raise DataError(f"{path}: file holds no frames")
-    numbers, positions, energies, forces = [], [], [], []
+    numbers, positions, energies, forces, cells, pbc, stresses = [], [], [], [], [], [], []
     for k, atoms in enumerate(atoms_list):
-        try:
-            energies.append(float(atoms.get_potential_energy()))
-            forces.append(np.asarray(atoms.get_forces(), dtype=np.float64))
-        except Exception:
-            raise DataError(f"{path}: frame {k} has no energy and forces",
-                            hint="the file must carry reference energies and forces") from None
+        energy = _ase_label(atoms, "potential_energy")
+        force = _ase_label(atoms, "forces")
+        stress = _ase_label(atoms, "stress") if np.any(atoms.pbc) else None
         numbers.append(np.asarray(atoms.numbers, dtype=np.int64))
         positions.append(np.asarray(atoms.positions, dtype=np.float64))
+        energies.append(float(energy) if energy is not None else np.nan)
+        forces.append(force if force is not None and force.shape == positions[-1].shape
+                      else np.full_like(positions[-1], np.nan))
+        cells.append(np.asarray(atoms.cell[:], dtype=np.float64))
+        pbc.append(np.asarray(atoms.pbc, dtype=bool))
+        stresses.append(_stress_matrix(stress))
+        if np.any(pbc[-1]) and abs(np.linalg.det(cells[-1][pbc[-1]][:, pbc[-1]])) < 1e-6:
+            raise DataError(f"{path} frame {k}: periodic but its cell has no volume",
+                            hint="give the frame its lattice vectors, or pbc=False for a molecule")
     energies_arr = np.asarray(energies)
     for k in range(len(numbers)):
-        _validated(numbers[k], positions[k][None], energies_arr[k:k + 1], forces[k][None],
-                   f"{path} frame {k}")
-    return Frames(numbers, positions, energies_arr, forces, source=str(path))
+        if not np.all(np.isfinite(positions[k])):
+            raise DataError(f"{path} frame {k}: positions contain NaN or inf")
+    frames = Frames(numbers, positions, energies_arr, forces, source=str(path),
+                    cells=cells, pbc=pbc, stresses=stresses)
+    labelled = [np.isfinite(e) and np.all(np.isfinite(f)) for e, f in zip(energies_arr, forces)]
+    if any(labelled) and not all(labelled):
+        raise DataError(f"{path}: {len(labelled) - sum(labelled)} of {len(labelled)} frames lack "
+                        "energy or forces", hint="label every frame, or none (teacher mode)")
+    return frames
+
+
+def _stress_matrix(stress: np.ndarray | None) -> np.ndarray:
+    """ASE stress (Voigt xx, yy, zz, yz, xz, xy, or 3x3) -> (3, 3); NaN when absent."""
+    if stress is None:
+        return np.full((3, 3), np.nan)
+    if stress.shape == (3, 3):
+        return stress
+    xx, yy, zz, yz, xz, xy = stress
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
 def read_frames(path: Path) -> Frames:

@@ -1,4 +1,6 @@
-"""Resolve a ``--data`` spec to frames: a file path, ``rmd17:<molecule>`` or plain ``rmd17``.
+"""Resolve a ``--data`` spec to frames: a file path, ``rmd17:<molecule>``, plain ``rmd17`` (the
+model's molecule) or ``universal`` (crystals and molecules made by code, for universal models;
+``gaqtool.data.universal``).
 
 rMD17 files are looked up in ``--rmd17-dir`` / ``$GAQTOOL_RMD17_DIR``. Two layouts are accepted:
 pre-split ``rmd17_<mol>_{train,test}_01.npz`` (as in ``../shared/data/rmd17``), or the official
@@ -26,7 +28,12 @@ __all__ = [
     "resolve_data",
     "standard_split",
     "sample_path",
+    "default_spec",
+    "UNIVERSAL",
 ]
+
+UNIVERSAL = "universal"
+_UNIVERSAL_PARTS = {"train": "calib", "train-all": "calib", "val": "val", "test": "test"}
 
 RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde",
                    "naphthalene", "paracetamol", "salicylic", "toluene", "uracil")
@@ -101,14 +108,31 @@ def _rmd17_dir(rmd17_dir: Path | str | None) -> Path | None:
     return path
 
 
+def default_spec(molecule: str | None) -> str:
+    """The data a model is checked on when none is given: rMD17 of the molecule it was fitted
+    to, or the universal set for a model with no molecule (e.g. SevenNet)."""
+    return "rmd17" if molecule else UNIVERSAL
+
+
 def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = None,
                  default_molecule: str | None = None) -> DataSelection:
     """Frames for ``spec``.
 
-    spec:  a file path, ``rmd17:<molecule>`` or ``rmd17`` (molecule = ``default_molecule``).
+    spec:  a file path, ``rmd17:<molecule>``, ``rmd17`` (molecule = ``default_molecule``) or
+           ``universal``.
     split: for rMD17, 'test' (1000 frames), 'train' (950), 'val' (50) or 'train-all' (1000);
-           ignored for plain files.
+           for ``universal`` train -> its calibration part; ignored for plain files.
     """
+    if spec == UNIVERSAL:
+        from gaqtool.data.universal import universal_frames
+
+        part = _UNIVERSAL_PARTS[split]
+        frames = universal_frames(part)
+        crystals = int(sum(1 for p in frames.pbc if p.any()))
+        note = (f"gaqtool universal set, {part} part: {crystals} strained and rattled crystals "
+                f"(compared with the FP32 parent) and {len(frames) - crystals} rMD17 aspirin frames "
+                "(DFT labels)")
+        return DataSelection(frames, note, f"universal set ({part}): {len(frames)} structures")
     if not (spec == "rmd17" or spec.startswith("rmd17:")):
         frames = read_frames(Path(spec))
         return DataSelection(frames, f"{len(frames)} frames from {spec}", f"{len(frames)} frames of {Path(spec).name}")

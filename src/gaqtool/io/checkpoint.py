@@ -1,4 +1,7 @@
-"""FP32 checkpoints: a plain dict saved with ``torch.save`` that loads with ``weights_only=True``.
+"""FP32 checkpoints: gaqtool's own format, and the safe reader every backend's checkpoint goes
+through.
+
+gaqtool's format is a plain dict saved with ``torch.save`` that loads with ``weights_only=True``.
 
 Layout (format 1): ``{"gaqtool_checkpoint": 1, "model_config": dict, "state_dict": dict,
 "training": dict, "test_metrics": dict}``. Only tensors, numbers, strings, lists and dicts.
@@ -7,6 +10,7 @@ Layout (format 1): ``{"gaqtool_checkpoint": 1, "model_config": dict, "state_dict
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,9 @@ import torch
 
 from gaqtool.errors import ModelLoadError
 from gaqtool.io.atomic import atomic_write
-from gaqtool.models.potential import build_model
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint", "load_checkpoint_model",
-           "default_model_path"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_payload", "check_checkpoint", "read_checkpoint",
+           "load_checkpoint_model", "default_model_path"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,27 +51,47 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, training: dict[str
     return atomic_write(path, write)
 
 
-def read_checkpoint(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
-    """Read a checkpoint dict. Pickled Python objects are refused unless ``trust_pickle``."""
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+def read_payload(path: Path | str, trust_pickle: bool = False) -> Any:
+    """Read a PyTorch checkpoint file safely: ``torch.load(weights_only=True)`` with the model
+    backends' explicit allowlists (e.g. the numpy arrays in SevenNet configs). Anything else a
+    pickle asks to construct is refused unless ``trust_pickle``."""
+    from gaqtool.backends import safe_globals
+
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not a model file",
+                             hint="pass a checkpoint file (.pt/.pth) or a quantized .safetensors file")
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", hint="check the path")
     with open(path, "rb") as handle:
         head = handle.read(2)
     if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
         raise ModelLoadError(f"cannot read {path}: not a PyTorch checkpoint",
-                             hint="pass a .pt file written by `gaqtool train`, or a quantized .safetensors file")
+                             hint="pass a .pt/.pth checkpoint, a quantized .safetensors file or "
+                                  "a named model such as sevenn:7net-0")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
-            f"{path} holds pickled Python objects, which are not loaded by default: "
-            f"{str(exc).splitlines()[0][:160]}",
+            f"{path} holds pickled Python objects outside gaqtool's allowlist, which are not "
+            f"loaded by default: {_first_line(exc)}",
             hint="only if you trust the file's origin, pass --trust-pickle") from None
     except Exception as exc:  # zip errors, truncated files, wrong format
-        raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint: {exc}",
-                             hint="gaqtool reads checkpoints written by `gaqtool train`; "
-                                  "quantized .safetensors files go to eval/lee-check directly") from None
+        raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}",
+                             hint="the file may be truncated or not a model checkpoint") from None
+
+
+def check_checkpoint(payload: Any, path: Path | str) -> dict[str, Any]:
+    """Validate a gaqtool checkpoint dict read from ``path``; return it."""
     if not isinstance(payload, dict) or "model_config" not in payload or "state_dict" not in payload:
         raise ModelLoadError(f"{path} is not a gaqtool checkpoint (no model_config/state_dict)",
                              hint="train one with `gaqtool train` or export config + state dict")
@@ -79,12 +102,14 @@ def read_checkpoint(path: Path | str, trust_pickle: bool = False) -> dict[str, A
     return payload
 
 
+def read_checkpoint(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
+    """Read and validate a gaqtool checkpoint dict."""
+    return check_checkpoint(read_payload(path, trust_pickle), path)
+
+
 def load_checkpoint_model(path: Path | str, trust_pickle: bool = False):
-    """(model in eval mode, checkpoint dict) for an FP32 checkpoint."""
+    """(reference model in eval mode, checkpoint dict) for a gaqtool FP32 checkpoint."""
+    from gaqtool.backends import get_backend
+
     payload = read_checkpoint(path, trust_pickle)
-    try:
-        model = build_model(payload["model_config"])
-        model.load_state_dict(payload["state_dict"])
-    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"cannot rebuild the model in {path}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), payload
+    return get_backend("gaqtool").from_payload(payload, Path(path)).model, payload

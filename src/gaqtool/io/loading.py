@@ -1,4 +1,5 @@
-"""Load any gaqtool model file: an FP32 checkpoint (.pt) or a quantized safetensors file."""
+"""Load any model source: the embedded default, a backend's named model or checkpoint, or a
+quantized safetensors file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from gaqtool.config import ForceMode
 from gaqtool.errors import ModelLoadError
-from gaqtool.io.checkpoint import default_model_path, load_checkpoint_model
+from gaqtool.io.checkpoint import default_model_path
 from gaqtool.io.safetensors_io import load_quantized
 
 __all__ = ["LoadedModel", "load_model", "load", "file_sha256"]
@@ -41,18 +42,34 @@ class LoadedModel:
 
 
 def load_model(path: Path | str | None = None, trust_pickle: bool = False,
-               force_mode: ForceMode | str | None = None) -> LoadedModel:
-    """Load ``path`` (None: the embedded aspirin model). Suffix .safetensors -> quantized.
+               force_mode: ForceMode | str | None = None, modal: str | None = None) -> LoadedModel:
+    """Load a model source: None (the embedded aspirin model), a named model of a backend
+    (``sevenn:7net-0``), a quantized ``.safetensors`` file, or any checkpoint a backend
+    recognises (gaqtool ``.pt``, SevenNet ``.pth``).
 
     ``force_mode`` overrides the force mode stored in a quantized file (None: the file's own);
-    it matters only for activation-quantized models, whose label then names it.
+    it matters only for activation-quantized models, whose label then names it. ``modal``
+    picks the fidelity of a multi-fidelity model (e.g. SevenNet-MF-0); a quantized file
+    remembers the one it was made with.
     """
+    from gaqtool.backends import backend_for_name, backend_for_payload
+    from gaqtool.io.checkpoint import read_payload
     from gaqtool.quant.apply import set_force_mode
 
+    named = backend_for_name(str(path)) if path is not None and not Path(path).exists() else None
+    if named is not None:
+        backend, name = named
+        source = backend.from_name(name, modal)
+        return LoadedModel(source.model, source.path, "fp32", "fp32", source.molecule,
+                           {**source.info, "source": str(path)})
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}", hint="check the path")
+        raise ModelLoadError(f"model file not found: {path}",
+                             hint="check the path (named models look like sevenn:7net-0)")
     if path.suffix == ".safetensors":
+        if modal is not None:
+            raise ModelLoadError("--modal applies to FP32 sources; a quantized file keeps the "
+                                 "fidelity it was made with", hint="leave out --modal")
         model = load_quantized(path)
         meta = model.file_metadata
         config = meta.quant_config
@@ -63,12 +80,21 @@ def load_model(path: Path | str | None = None, trust_pickle: bool = False,
             label += f", {mode.value} forces"
         return LoadedModel(model, path, "quantized", label, model.config.get("molecule"),
                            {"report": meta.report, "plan": meta.plan,
-                            "source_sha256": meta.raw_metadata.get("gaqtool.source_sha256")})
-    model, payload = load_checkpoint_model(path, trust_pickle)
-    return LoadedModel(model, path, "fp32", "fp32", model.config.get("molecule"),
-                       {"training": payload.get("training", {}), "test_metrics": payload.get("test_metrics", {})})
+                            "source_sha256": meta.raw_metadata.get("gaqtool.source_sha256"),
+                            "source": meta.report.get("source", {}).get("name", path.name)})
+    payload = read_payload(path, trust_pickle)
+    backend = backend_for_payload(payload)
+    if backend is None:
+        raise ModelLoadError(f"{path} is a PyTorch file but no gaqtool backend knows its layout",
+                             hint="gaqtool reads gaqtool checkpoints and SevenNet checkpoints "
+                                  "(install gaqtool[sevenn])")
+    source = backend.from_payload(payload, path, modal)
+    return LoadedModel(source.model, path, "fp32", "fp32", source.molecule,
+                       {**source.info, "source": path.name})
 
 
-def load(path: Path | str | None = None, trust_pickle: bool = False) -> torch.nn.Module:
-    """``gaqtool.load(path)``: a runnable model (FP32 checkpoint or quantized file), eval mode."""
-    return load_model(path, trust_pickle).model
+def load(path: Path | str | None = None, trust_pickle: bool = False, modal: str | None = None
+         ) -> torch.nn.Module:
+    """``gaqtool.load(source)``: a runnable model (embedded default, named model, FP32
+    checkpoint or quantized file), eval mode."""
+    return load_model(path, trust_pickle, modal=modal).model

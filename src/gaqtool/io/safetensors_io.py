@@ -28,7 +28,6 @@ from gaqtool import __version__
 from gaqtool.config import QuantConfig
 from gaqtool.errors import FormatError, GaqtoolError
 from gaqtool.io.atomic import atomic_write
-from gaqtool.models.potential import build_model
 from gaqtool.packing import pack_bits, unpack_bits
 from gaqtool.quant.apply import QuantPlan, activation_quantizers, quantize_model
 from gaqtool.quant.modules import QuantizedModule
@@ -215,8 +214,10 @@ def load_quantized(path: Path | str) -> torch.nn.Module:
     """Rebuild a runnable quantized model from ``path`` (no pickle involved). Eval mode."""
     qfile = QuantizedFile(path)
     config = qfile.quant_config
+    from gaqtool.backends import backend_for_config
+
     try:
-        model = build_model(qfile.model_config)
+        model = backend_for_config(qfile.model_config).build(qfile.model_config)
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{qfile.path}: cannot rebuild the model from its config: {exc}") from None
     model, _ = quantize_model(model, config)

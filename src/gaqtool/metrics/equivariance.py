@@ -33,11 +33,14 @@ def haar_rotations(count: int, seed: int) -> np.ndarray:
 
 
 def rotate_frames(frames: Frames, rotation: np.ndarray) -> Frames:
-    """Frames with positions and reference forces rotated about each frame's centroid."""
+    """Frames with positions, cells (lattice vectors as rows) and reference forces and stress
+    rotated about each frame's centroid."""
     positions = [(p - p.mean(0)) @ rotation.T + p.mean(0) for p in frames.positions]
     forces = [f @ rotation.T for f in frames.forces]
+    cells = None if frames.cells is None else [c @ rotation.T for c in frames.cells]
+    stresses = None if frames.stresses is None else [rotation @ s @ rotation.T for s in frames.stresses]
     return Frames(frames.numbers, positions, frames.energies.copy(), forces, frames.source,
-                  frames.molecule, dict(frames.info))
+                  frames.molecule, dict(frames.info), cells=cells, pbc=frames.pbc, stresses=stresses)
 
 
 def local_equivariance_error(model: torch.nn.Module, frames: Frames, num_rotations: int = 4,
@@ -48,10 +51,10 @@ def local_equivariance_error(model: torch.nn.Module, frames: Frames, num_rotatio
     Returns force_mean/max_mev_a (per-atom vector error), energy_mean/max_mev, and
     force_relative (mean error / mean |F|), plus the counts and the seed.
     """
-    base = predict(model, frames, batch_size)
+    base = predict(model, frames, batch_size, stress=False)
     force_errors, energy_errors = [], []
     for rotation in haar_rotations(num_rotations, seed):
-        rotated = predict(model, rotate_frames(frames, rotation), batch_size)
+        rotated = predict(model, rotate_frames(frames, rotation), batch_size, stress=False)
         energy_errors.append(np.abs(rotated.energies - base.energies) * 1000.0)
         for f0, f1 in zip(base.forces, rotated.forces):
             force_errors.append(np.linalg.norm(f1 - f0 @ rotation.T, axis=1) * 1000.0)

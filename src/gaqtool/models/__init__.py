@@ -1,5 +1,5 @@
-"""Models: the reference equivariant attention potential and helpers to run any model."""
+"""The reference equivariant attention potential (gaqtool's own backend)."""
 
-from gaqtool.models.potential import EquivariantAttentionPotential, build_model, energy_and_forces
+from gaqtool.models.potential import EquivariantAttentionPotential, build_model
 
-__all__ = ["EquivariantAttentionPotential", "build_model", "energy_and_forces"]
+__all__ = ["EquivariantAttentionPotential", "build_model"]

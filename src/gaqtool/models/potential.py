@@ -8,7 +8,6 @@ differences of a few meV survive.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from gaqtool.data.graph import Batch
 from gaqtool.models.layers import EquivariantAttentionLayer
 from gaqtool.models.radial import BesselBasis, polynomial_envelope
 
-__all__ = ["DEFAULT_CONFIG", "EquivariantAttentionPotential", "build_model", "energy_and_forces"]
+__all__ = ["DEFAULT_CONFIG", "EquivariantAttentionPotential", "build_model"]
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "architecture": "equivariant_attention_potential",
@@ -41,7 +40,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 class EquivariantAttentionPotential(nn.Module):
     """Equivariant attention potential; ``config`` holds every constructor argument.
 
-    forward(batch) -> (M,) float64 energies in eV. Positions need ``requires_grad`` for forces.
+    forward(batch) -> (M,) float64 energies in eV (the ``gaqtool.potential`` protocol).
     """
 
     def __init__(self, config: dict[str, Any]):
@@ -76,6 +75,23 @@ class EquivariantAttentionPotential(nn.Module):
         table[torch.tensor(species)] = torch.arange(len(species))
         return table
 
+    @property
+    def species(self) -> list[int]:
+        """Atomic numbers the model knows."""
+        return [int(z) for z in self.config["species"]]
+
+    def add_energy_offset(self, ev_per_atom: float) -> None:
+        """Shift every element's energy by ``ev_per_atom`` (config too, so files rebuild it)."""
+        self.energy_shift += ev_per_atom
+        self.config["energy_shift"] = {str(z): float(v) for z, v in
+                                       zip(self.config["species"], self.energy_shift.tolist())}
+
+    def module_roles(self) -> dict[str, str]:
+        """Module path -> role (``gaqtool.potential.ROLES``)."""
+        roles = {"embedding": "species_embedding", "readout_hidden": "readout", "readout_out": "readout"}
+        roles.update({f"layers.{i}.radial": "radial" for i in range(len(self.layers))})
+        return roles
+
     def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
         """(n,) atomic numbers -> (n,) indices into ``config['species']``; ValueError if unknown."""
         if int(numbers.max()) >= len(self.species_to_index) or bool((self.species_to_index[numbers] < 0).any()):
@@ -86,8 +102,7 @@ class EquivariantAttentionPotential(nn.Module):
     def atomic_energies(self, batch: Batch) -> torch.Tensor:
         """(n,) float32 network atomic energies (before scale and shift), eV."""
         species = self.species_index(batch.numbers)
-        vectors = (batch.positions.index_select(0, batch.edge_src)
-                   - batch.positions.index_select(0, batch.edge_dst))  # (E, 3)
+        vectors = batch.edge_vectors()  # (E, 3)
         distance = vectors.norm(dim=-1)
         edge_sh = self.spherical_harmonics(vectors)
         edge_basis = self.basis(distance)
@@ -112,20 +127,3 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     if arch == "equivariant_attention_potential":
         return EquivariantAttentionPotential(config)
     raise ValueError(f"unknown architecture {arch!r}")
-
-
-def energy_and_forces(model: nn.Module, batch: Batch, create_graph: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M,) float64 energies in eV and (n, 3) forces -dE/dx in eV/A (autograd).
-
-    ``create_graph=True`` keeps the graph for training on forces. A model may bring its own
-    rule (``model.compute_energy_and_forces(batch, create_graph)``), e.g. a quantized model
-    whose forces come from a different pass than its energy.
-    """
-    custom = getattr(model, "compute_energy_and_forces", None)
-    if custom is not None:
-        return custom(batch, create_graph)
-    positions = batch.positions.detach().requires_grad_(True)
-    energies = model(replace(batch, positions=positions))
-    (grad,) = torch.autograd.grad(energies.sum(), positions, create_graph=create_graph)
-    return energies, -grad

@@ -1,10 +1,15 @@
 """``quantize_model(model, config)``: swap every supported module for a ``QuantizedModule``
 (the torchao ``quantize_`` pattern) and record every module left in FP32 with its reason.
 
-Supported: ``e3nn.o3.Linear`` (per path), ``e3nn.o3.TensorProduct`` (internal weights per
-instruction; inputs by irreps), e3nn ``FullyConnectedNet`` layers, ``torch.nn.Linear``,
-``torch.nn.Embedding``, and gaqtool's ``ChannelwiseConvolution`` (no weights; its irreps
-inputs are quantized).
+Supported out of the box: ``e3nn.o3.Linear`` (per path), ``e3nn.o3.TensorProduct`` (internal
+weights per instruction; inputs by irreps, including the edge spherical harmonics), e3nn
+``FullyConnectedNet`` layers, ``torch.nn.Linear`` and ``torch.nn.Embedding``. A model backend
+adds its own module kinds with ``register_handler`` (gaqtool's reference potential registers
+its weightless ``ChannelwiseConvolution``, whose irreps inputs are quantized).
+
+Which modules stay in FP32 follows the model's *roles* (``model.module_roles()``, see
+``gaqtool.potential``): ``--keep-fp32 role:species_embedding`` names a role, any other value is
+an fnmatch pattern of module paths. This package knows nothing of any particular model.
 """
 
 from __future__ import annotations
@@ -20,15 +25,15 @@ from e3nn import o3
 from torch import nn
 
 from gaqtool.config import ForceMode, QuantConfig
-from gaqtool.models.convolution import ChannelwiseConvolution
-from gaqtool.models.potential import energy_and_forces
+from gaqtool.potential import Prediction, autograd_prediction, predict_batch
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS", "fan_in",
-           "activation_rounding_off", "set_force_mode", "conservative_energy_and_forces",
-           "energies_forces_conserved"]
+           "register_handler", "module_roles", "activation_rounding_off", "set_force_mode",
+           "conservative_prediction", "energies_forces_conserved", "ROLE_PREFIX"]
 
+ROLE_PREFIX = "role:"
 
 def _scalars(n: int) -> o3.Irreps:
     return o3.Irreps(f"{n}x0e")
@@ -47,12 +52,43 @@ HANDLERS: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module], tup
                          lambda m: ([m.irreps_in1, m.irreps_in2, None],
                                     ["weight"] if m.internal_weights and m.weight_numel > 0 else [])),
     "e3nn.FullyConnectedNet.layer": (_is_fc_layer, lambda m: ([_scalars(m.h_in)], ["weight"])),
-    "ChannelwiseConvolution": (lambda m: isinstance(m, ChannelwiseConvolution),
-                               lambda m: ([m.irreps_in, m.irreps_sh, None, None, None], [])),
     "nn.Linear": (lambda m: isinstance(m, nn.Linear),
                   lambda m: ([_scalars(m.in_features)], ["weight"])),
     "nn.Embedding": (lambda m: isinstance(m, nn.Embedding), lambda m: ([None], ["weight"])),
 }
+
+
+def register_handler(kind: str, matches: Callable[[nn.Module], bool],
+                     describe: Callable[[nn.Module], tuple[list, list[str]]]) -> None:
+    """Teach ``quantize_model`` a module kind: ``matches(module)`` says whether a module is of
+    it, ``describe(module)`` gives (input irreps per positional input, or None for inputs not
+    to quantize; names of the weight parameters). Kinds registered first are matched first;
+    registering a kind again replaces it."""
+    HANDLERS[kind] = (matches, describe)
+
+
+def module_roles(model: nn.Module) -> dict[str, str]:
+    """{module path: role} declared by the model (``module_roles()``), or {} if it has none."""
+    declare = getattr(model, "module_roles", None)
+    return dict(declare()) if callable(declare) else {}
+
+
+def _keep_reason(path: str, roles: dict[str, str], patterns: tuple[str, ...]) -> str | None:
+    """Why the module at ``path`` stays FP32 (a --keep-fp32 role or pattern), or None."""
+    for pattern in patterns:
+        if pattern.startswith(ROLE_PREFIX):
+            role = pattern[len(ROLE_PREFIX):]
+            if any(roles.get(prefix) == role for prefix in _prefixes(path)):
+                return f"kept FP32 by role '{role}'"
+        elif fnmatch.fnmatchcase(path, pattern):
+            return f"kept FP32 by --keep-fp32 '{pattern}'"
+    return None
+
+
+def _prefixes(path: str) -> list[str]:
+    """'a.b.c' -> ['a.b.c', 'a.b', 'a']: a role given to a module covers its submodules."""
+    parts = path.split(".")
+    return [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
 
 
 def fan_in(module: nn.Module, kind: str) -> int | None:
@@ -110,16 +146,17 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, QuantPlan]:
     """Quantize ``model`` in place (weights now; activation scales by ``calibrate``)."""
     plan = QuantPlan()
+    roles = module_roles(model)
     swaps: list[tuple[str, nn.Module, str]] = []
     skip_below: list[str] = []
     for path, module in model.named_modules():
         if not path or any(path.startswith(p + ".") for p in skip_below):
             continue
         kind = _kind_of(module)
-        pattern = next((p for p in config.keep_fp32 if fnmatch.fnmatchcase(path, p)), None)
-        if pattern is not None and (kind is not None or module._parameters):
+        reason = _keep_reason(path, roles, config.keep_fp32)
+        if reason is not None and (kind is not None or module._parameters):
             plan.entries[path] = {"kind": kind or type(module).__name__, "status": "fp32",
-                                  "reason": f"kept FP32 by --keep-fp32 '{pattern}'"}
+                                  "reason": reason}
             skip_below.append(path)
             continue
         if kind is not None:
@@ -185,35 +222,34 @@ def set_force_mode(model: nn.Module, mode: ForceMode | str) -> nn.Module:
     if not activation_quantizers(model):
         return model
     if mode == ForceMode.CONSERVATIVE:
-        model.compute_energy_and_forces = types.MethodType(conservative_energy_and_forces, model)
+        model.compute_prediction = types.MethodType(conservative_prediction, model)
     else:
-        model.__dict__.pop("compute_energy_and_forces", None)
+        model.__dict__.pop("compute_prediction", None)
     return model
 
 
-def conservative_energy_and_forces(model: nn.Module, batch, create_graph: bool = False,
-                                   with_conserved: bool = False):
+def conservative_prediction(model: nn.Module, batch, stress: bool = False, create_graph: bool = False,
+                            with_conserved: bool = False):
     """Force mode 'conservative': E_q from the activation-quantized model (no gradient), forces
-    -dE_s/dx of the same model with activation rounding off (exactly conservative).
+    (and stress) the derivatives of E_s, the same model with activation rounding off (exactly
+    conservative).
 
-    Returns (E_q (M,) eV, forces (n, 3) eV/A), plus E_s (M,) eV when ``with_conserved``: the
+    Returns a ``Prediction`` with E_q (M,) eV, plus E_s (M,) eV when ``with_conserved``: the
     potential energy that NVE dynamics driven by these forces conserve (E_s + E_kin).
     """
-    from dataclasses import replace
-
     with activation_rounding_off(model):
-        positions = batch.positions.detach().requires_grad_(True)
-        smooth = model(replace(batch, positions=positions))
-        (grad,) = torch.autograd.grad(smooth.sum(), positions, create_graph=create_graph)
+        smooth = autograd_prediction(model, batch, stress, create_graph)
     with torch.no_grad():
         energies = model(batch)
+    prediction = Prediction(energies, smooth.forces, smooth.stress)
     if with_conserved:
-        return energies, -grad, smooth.detach()
-    return energies, -grad
+        return prediction, smooth.energies.detach()
+    return prediction
 
 
-def energies_forces_conserved(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(reported energies (M,) eV, forces (n, 3) eV/A, conserved potential energies (M,) eV).
+def energies_forces_conserved(model: nn.Module, batch, stress: bool = False
+                              ) -> tuple[Prediction, torch.Tensor]:
+    """(prediction: reported energies, forces, stress; conserved potential energies (M,) eV).
 
     The conserved potential is the energy whose negative gradient the forces are, so that
     E_conserved + E_kin is what exact NVE dynamics keep constant: E_s for force mode
@@ -221,11 +257,11 @@ def energies_forces_conserved(model: nn.Module, batch) -> tuple[torch.Tensor, to
     'ste' forces of activation-quantized models no such energy exists and the drift of the
     reported one measures the non-conservation).
     """
-    custom = getattr(model, "compute_energy_and_forces", None)
-    if getattr(custom, "__func__", None) is conservative_energy_and_forces:
-        return conservative_energy_and_forces(model, batch, with_conserved=True)
-    energies, forces = energy_and_forces(model, batch)
-    return energies, forces, energies.detach()
+    custom = getattr(model, "compute_prediction", None)
+    if getattr(custom, "__func__", None) is conservative_prediction:
+        return conservative_prediction(model, batch, stress, with_conserved=True)
+    prediction = predict_batch(model, batch, stress)
+    return prediction, prediction.energies.detach()
 
 
 @torch.no_grad()

@@ -106,7 +106,7 @@ def _equivariant_displacement(batch, generator: torch.Generator) -> torch.Tensor
     index order), so the derivative rows, and GPTQ's result, do not depend on how the
     calibration molecules happen to be oriented."""
     weights = torch.randn(batch.edge_src.shape[0], generator=generator, dtype=torch.float64)
-    bonds = batch.positions.index_select(0, batch.edge_src) - batch.positions.index_select(0, batch.edge_dst)
+    bonds = batch.edge_vectors()
     bonds = bonds / bonds.norm(dim=1, keepdim=True).clamp_min(1e-12)
     step = torch.zeros_like(batch.positions).index_add(0, batch.edge_dst, weights[:, None] * bonds)
     return step / step.pow(2).mean().sqrt().clamp_min(1e-12)
