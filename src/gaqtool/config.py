@@ -13,7 +13,7 @@ from typing import Any
 
 from gaqtool.errors import InputError
 
-__all__ = ["DEFAULT_KEEP_FP32", "SMALL_FAN_IN_BITS", "Method", "ObserverKind", "WeightClip",
+__all__ = ["DEFAULT_KEEP_FP32", "DEFAULT_KEEP_WIDE", "SMALL_FAN_IN_BITS", "Method", "ObserverKind", "WeightClip",
            "WeightRounding", "DirectionMode", "ForceMode",
            "QuantConfig", "QUANT_CONFIG_VERSION", "parse_bits"]
 
@@ -104,6 +104,9 @@ DEFAULT_KEEP_FP32: tuple[str, ...] = ("role:species_embedding",)
 # aspirin model (README): W4A8 force MAE 76 -> ~58 meV/A for ~770 bytes.
 SMALL_FAN_IN_BITS = 8
 
+# Modules whose weights use SMALL_FAN_IN_BITS whatever their fan-in (roles or path patterns).
+DEFAULT_KEEP_WIDE: tuple[str, ...] = ()
+
 
 def parse_bits(text: str) -> tuple[int, int | None]:
     """'w4a8' -> (4, 8); 'w8' or 'w8a32' -> (8, None) (weight-only)."""
@@ -144,6 +147,9 @@ class QuantConfig:
                       no exception); None (default): ``SMALL_FAN_IN_BITS`` for 'gaq' and
                       'weight-only' when it is wider than ``weight_bits``, 0 for 'naive'
     small_fan_in:     the fan-in threshold of ``small_fan_in_bits``
+    keep_wide:        modules whose weights also use ``small_fan_in_bits`` whatever their
+                      fan-in: 'role:<role>' or fnmatch patterns, as ``keep_fp32``; None
+                      (default): ``DEFAULT_KEEP_WIDE`` for 'gaq' and 'weight-only', () for 'naive'
     energy_correction: shift the per-atom energy by the mean (FP32 - quantized) energy per atom
                       on the calibration frames (label-free bias correction; rounding errors of
                       21 atomic energies add up to a near-constant offset)
@@ -164,6 +170,7 @@ class QuantConfig:
     keep_fp32: tuple[str, ...] | None = None
     small_fan_in_bits: int | None = None
     small_fan_in: int = 16
+    keep_wide: tuple[str, ...] | None = None
     force_mode: ForceMode = ForceMode.STE
     energy_correction: bool = True
     seed: int = 0
@@ -202,6 +209,9 @@ class QuantConfig:
             raise InputError(f"--small-fan-in-bits must be 0 (off), 2, 4 or 8, got {self.small_fan_in_bits}")
         if self.small_fan_in < 1:
             raise InputError(f"--small-fan-in must be at least 1, got {self.small_fan_in}")
+        if self.keep_wide is None:
+            object.__setattr__(self, "keep_wide", () if self.method == Method.NAIVE else DEFAULT_KEEP_WIDE)
+        object.__setattr__(self, "keep_wide", tuple(self.keep_wide))
         if self.keep_fp32 is None:
             object.__setattr__(self, "keep_fp32", () if self.method == Method.NAIVE else DEFAULT_KEEP_FP32)
         object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
@@ -228,6 +238,7 @@ class QuantConfig:
             if isinstance(value, Enum):
                 data[key] = value.value
         data["keep_fp32"] = list(self.keep_fp32)
+        data["keep_wide"] = list(self.keep_wide)
         return data
 
     @classmethod
@@ -244,4 +255,5 @@ class QuantConfig:
         values.setdefault("weight_rounding", WeightRounding.NEAREST.value)  # files before 0.1.2
         values.setdefault("small_fan_in_bits", 0)  # files before 0.1.3: every layer at weight_bits
         values["keep_fp32"] = tuple(values.get("keep_fp32", ()))
+        values["keep_wide"] = tuple(values.get("keep_wide", ()))  # files before 0.2: none
         return cls(**values)

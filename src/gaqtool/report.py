@@ -22,6 +22,23 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
+# A mean energy error above this (meV/atom) means the model and the labels use different energy
+# references (e.g. a universal model against rMD17's DFT totals): tables then show the energy
+# MAE with that mean offset removed, marked with '*'.
+REFERENCE_MISMATCH_MEV_PER_ATOM = 100.0
+
+
+def offset_note(acc: dict[str, Any]) -> str | None:
+    """A footnote for '*' energy rows, or None when no row needs one."""
+    fp32 = acc.get("fp32", acc)
+    for scope in (fp32, *(fp32[k] for k in ("crystals", "molecules") if k in fp32)):
+        offset = scope.get("energy_offset_mev_per_atom", 0.0)
+        if abs(offset) > REFERENCE_MISMATCH_MEV_PER_ATOM:
+            return (f"*: after removing the mean energy offset ({offset / 1000:.3g} eV/atom for "
+                    "FP32): the model's energy reference differs from the labels'.")
+    return None
+
+
 def _label_rows(acc: dict[str, Any]) -> list[tuple[str, float, float]]:
     """(label, FP32, quantized) rows of errors against labels, per kind for mixed sets."""
     fp32, quant = acc["fp32"], acc["quantized"]
@@ -31,7 +48,11 @@ def _label_rows(acc: dict[str, Any]) -> list[tuple[str, float, float]]:
     scopes = [(k, f" {k}") for k in ("crystals", "molecules") if k in fp32] or [(None, "")]
     for scope, suffix in scopes:
         a, b = (fp32[scope], quant[scope]) if scope else (fp32, quant)
-        rows.append((f"energy MAE{suffix} (meV)", a["energy_mae_mev"], b["energy_mae_mev"]))
+        if abs(a.get("energy_offset_mev_per_atom", 0.0)) > REFERENCE_MISMATCH_MEV_PER_ATOM:
+            rows.append((f"energy MAE{suffix}* (meV)", a["energy_mae_mev_offset_removed"],
+                         b["energy_mae_mev_offset_removed"]))
+        else:
+            rows.append((f"energy MAE{suffix} (meV)", a["energy_mae_mev"], b["energy_mae_mev"]))
         rows.append((f"force MAE{suffix} (meV/A)", a["force_mae_mev_a"], b["force_mae_mev_a"]))
         if "stress_mae_mev_a3" in a:
             rows.append((f"stress MAE{suffix} (meV/A3)", a["stress_mae_mev_a3"], b["stress_mae_mev_a3"]))
@@ -75,6 +96,9 @@ def render_quantize_report(report: dict[str, Any], console: Console, show_module
     table.add_row("tensor bytes", format_bytes(size["fp32_tensor_bytes"]),
                   format_bytes(size["quantized_tensor_bytes"]), f"{size['tensor_ratio']:.2f}x")
     console.print(table)
+    note = offset_note(acc)
+    if note:
+        console.print(note, highlight=False)
     labelled = acc["fp32"].get("num_labelled", frames)
     if labelled < frames:
         console.print(f"{frames - labelled} of {frames} structures have no labels: they enter "

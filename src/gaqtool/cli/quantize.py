@@ -39,14 +39,15 @@ def _keep_patterns(values: list[str] | None) -> tuple[str, ...] | None:
 def build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                  codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction=True,
                  weight_clip=WeightClip.MSE, weight_rounding=WeightRounding.GPTQ,
-                 small_fan_in_bits=None, small_fan_in=16) -> QuantConfig:
+                 small_fan_in_bits=None, small_fan_in=16, keep_wide=None) -> QuantConfig:
     """QuantConfig from command-line values (shared with QAT)."""
     return QuantConfig.from_preset(
         bits, method=method, group_size=group_size, observer=observer, percentile=percentile,
         weight_clip=weight_clip, weight_rounding=weight_rounding,
         direction_mode=direction_mode, direction_bits=direction_bits, codebook_size=codebook_size,
         calib_frames=calib_frames, keep_fp32=_keep_patterns(keep_fp32), force_mode=force_mode, seed=seed,
-        energy_correction=energy_correction, small_fan_in_bits=small_fan_in_bits, small_fan_in=small_fan_in)
+        energy_correction=energy_correction, small_fan_in_bits=small_fan_in_bits, small_fan_in=small_fan_in,
+        keep_wide=_keep_patterns(keep_wide))
 
 
 def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions, start):
@@ -86,7 +87,8 @@ def quantize(
     eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = 200,
     lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
-    keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Module path pattern (fnmatch) to keep in FP32; repeatable, e.g. 'embedding' or 'readout_*'; 'none' quantizes every module. Default: '*embedding*' (the species embedding: a few hundred numbers whose 4-bit error no later layer can undo) for gaq and weight-only, none for naive.", show_default=False)] = None,
+    keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Modules to keep in FP32, repeatable: a role the model's backend declares (role:species_embedding, role:readout, role:radial) or an fnmatch pattern of module paths (see --show-modules); 'none' quantizes every module. Default: role:species_embedding (its 4-bit error no later layer can undo) for gaq and weight-only, none for naive.", show_default=False)] = None,
+    keep_wide: Annotated[Optional[List[str]], typer.Option("--keep-wide", help="Modules whose weights use --small-fan-in-bits (8) whatever their fan-in, repeatable: a role (e.g. role:readout) or a path pattern. Default: none.", show_default=False)] = None,
     small_fan_in_bits: Annotated[Optional[int], typer.Option("--small-fan-in-bits", help="Weight bits of layers with at most --small-fan-in inputs per output (here: the first layer of each radial MLP, 8 Bessel functions in), whose rounding errors do not average out and whose derivatives are the forces; 0: same bits as every other layer. Default: 8 for gaq and weight-only, 0 for naive.", show_default=False)] = None,
     small_fan_in: Annotated[int, typer.Option("--small-fan-in", min=1, help="Fan-in threshold of --small-fan-in-bits.")] = 16,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models, stored in the file: ste (autograd straight through the rounding: the quantized network's own forces, which eval and lee-check measure; not the gradient of any energy, so NVE drifts) or conservative (gradient of the model with activation rounding off: exactly conservative and equivariant; the reported energy is still the quantized one). gaqtool md and GAQCalculator use conservative unless told otherwise; eval, lee-check and bench take --force-mode to override the file.")] = ForceMode.STE,
@@ -126,7 +128,7 @@ def quantize(
         weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
-                          weight_clip, weight_rounding, small_fan_in_bits, small_fan_in)
+                          weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle, modal=modal)
     if loaded.kind != "fp32":

@@ -1,7 +1,10 @@
 """Energy, force and stress errors of a model: against reference labels, and against another
 model's predictions on the same frames (a quantized model against its FP32 parent).
 
-Units: energies meV and meV/atom, forces meV/A (per component), stress meV/A^3.
+Units: energies meV and meV/atom, forces meV/A (per component), stress meV/A^3. A universal
+model's energies sit on another reference than, e.g., rMD17's DFT totals; the mean signed error
+per atom (``energy_offset_mev_per_atom``) and the MAE after removing it are reported beside
+the plain MAE.
 """
 
 from __future__ import annotations
@@ -63,10 +66,13 @@ def _errors(pred: Predictions, energies: np.ndarray, forces: list[np.ndarray],
     natoms = frames.num_atoms[idx].astype(float)
     de = (pred.energies[idx] - energies[idx]) * 1000.0
     df = np.concatenate([(pred.forces[i] - forces[i]).reshape(-1) for i in idx]) * 1000.0
+    offset = float((de / natoms).mean())  # mean signed error per atom: a reference mismatch
     out = {
         "energy_mae_mev": float(np.abs(de).mean()),
         "energy_rmse_mev": float(np.sqrt((de ** 2).mean())),
         "energy_mae_mev_per_atom": float(np.abs(de / natoms).mean()),
+        "energy_offset_mev_per_atom": offset,
+        "energy_mae_mev_offset_removed": float(np.abs(de - offset * natoms).mean()),
         "force_mae_mev_a": float(np.abs(df).mean()),
         "force_rmse_mev_a": float(np.sqrt((df ** 2).mean())),
         "force_max_mev_a": float(np.abs(df).max()),

@@ -106,10 +106,12 @@ def fan_in(module: nn.Module, kind: str) -> int | None:
     return None
 
 
-def _weight_bits(module: nn.Module, kind: str, config: QuantConfig) -> int:
-    """``config.small_fan_in_bits`` for layers with a small fan-in, else ``config.weight_bits``."""
+def _weight_bits(module: nn.Module, kind: str, config: QuantConfig, wide: bool = False) -> int:
+    """``config.small_fan_in_bits`` for layers with a small fan-in or kept wide (``wide``:
+    ``config.keep_wide`` names them) when that is wider, else ``config.weight_bits``."""
     inputs = fan_in(module, kind)
-    if config.small_fan_in_bits and inputs is not None and inputs <= config.small_fan_in:
+    small = inputs is not None and inputs <= config.small_fan_in
+    if config.small_fan_in_bits and (small or (wide and config.small_fan_in_bits > config.weight_bits)):
         return config.small_fan_in_bits
     return config.weight_bits
 
@@ -170,7 +172,8 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
     for path, module, kind in swaps:
         input_irreps, weight_names = HANDLERS[kind][1](module)
         wrapped = QuantizedModule(module, kind, input_irreps, weight_names, config,
-                                  _weight_bits(module, kind, config))
+                                  _weight_bits(module, kind, config,
+                                               _keep_reason(path, roles, config.keep_wide) is not None))
         _set_submodule(model, path, wrapped)
         plan.entries[path] = {
             "kind": kind, "status": "quantized",
