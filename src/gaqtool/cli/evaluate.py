@@ -1,4 +1,11 @@
-"""`gaqtool eval`: energy and force errors of a model (FP32 or quantized) on reference frames."""
+"""`gaqtool eval`: energy, force and stress errors of a model (FP32 or quantized) on frames.
+
+Labelled frames are compared with their labels. Frames without labels (a crystal file with
+positions only, the crystals of the universal set) are compared with the FP32 parent of a
+quantized model ("teacher" mode): the parent named by ``--fp32``, or the one the quantized file
+records (a named model such as ``sevenn:7net-0``, or a checkpoint found next to the file or in
+the working directory whose SHA-256 is the recorded one, or the embedded model).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,18 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, Rmd17DirOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
+                                 ThreadsOption, TrustPickleOption)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import resolve_data
-from gaqtool.errors import InputError
+from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.errors import GaqtoolError, InputError, UnknownElementError
 from gaqtool.io.atomic import atomic_write
-from gaqtool.io.loading import load_model
-from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, predict
+from gaqtool.io.loading import LoadedModel, file_sha256, load_model
+from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, deviation_metrics, predict
+from gaqtool.report import REFERENCE_MISMATCH_MEV_PER_ATOM
 
 PLOT_FORMATS = ("png", "pdf", "svg")
+KINDS = ("crystals", "molecules")
 
 
 class Split(str, Enum):
@@ -30,8 +40,152 @@ class Split(str, Enum):
 
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
-    help="FP32 checkpoint (.pt) or quantized .safetensors file. Default: the embedded model.",
+    help="Model: a quantized .safetensors file, a gaqtool checkpoint (.pt), a SevenNet checkpoint "
+         "(.pth) or a named model (sevenn:7net-0, sevenn:7net-mf-0 with --modal, sevenn:7net-l3i5). "
+         "Default: the embedded aspirin model.", show_default=False)]
+FP32Option = Annotated[Optional[Path], typer.Option(
+    "--fp32", help="FP32 parent (checkpoint or named model) that frames without labels are compared "
+                   "with. Default: the parent the quantized file records (its named model, or its "
+                   "checkpoint if found with the recorded SHA-256), or the embedded model.",
     show_default=False)]
+
+
+# ------------------------------------------------------------------------- model names, parents
+
+def display_name(loaded: LoadedModel) -> str:
+    """Short name of a model for tables: a named model's name (sevenn:7net-0), else the file's."""
+    from gaqtool.backends import backend_for_name
+
+    source = str(loaded.info.get("source") or "")
+    if loaded.kind == "fp32" and source and not Path(source).exists():
+        try:
+            if backend_for_name(source) is not None:
+                return source
+        except GaqtoolError:
+            pass
+    return loaded.path.name
+
+
+def recorded_modal(loaded: LoadedModel) -> str | None:
+    """The fidelity a quantized model was made with (None for single-fidelity models)."""
+    source = (loaded.info.get("report") or {}).get("source") or {}
+    return source.get("modal") or (getattr(loaded.model, "config", None) or {}).get("modal")
+
+
+def _load_parent(source, trust_pickle: bool, modal: str | None) -> LoadedModel:
+    parent = load_model(source, trust_pickle, modal=modal)
+    if parent.kind != "fp32":
+        raise InputError(f"{source} is a quantized file, not an FP32 parent",
+                         hint="pass the FP32 checkpoint or named model (e.g. sevenn:7net-0)")
+    return parent
+
+
+def recorded_parent(loaded: LoadedModel, trust_pickle: bool = False,
+                    cache: dict[str, LoadedModel] | None = None) -> tuple[LoadedModel | None, str]:
+    """The FP32 parent a quantized model's file records, and how it was found (or why not).
+
+    Tried in order: the recorded named model (``report.source.name``, e.g. ``sevenn:7net-0``
+    with its ``modal``); the recorded checkpoint file (``report.source.path``, a file name,
+    looked up as given and next to the quantized file); the embedded model. A file is used only
+    if its SHA-256 is the recorded ``gaqtool.source_sha256``. ``cache`` (keyed by that SHA-256)
+    lets several quantized files share one loaded parent.
+    """
+    from gaqtool.backends import backend_for_name
+    from gaqtool.io.checkpoint import default_model_path
+
+    cache = {} if cache is None else cache
+    sha = loaded.info.get("source_sha256")
+    source = (loaded.info.get("report") or {}).get("source") or {}
+    modal = recorded_modal(loaded)
+    name = source.get("name")
+    if not sha:
+        return None, f"{loaded.path.name} records no source SHA-256"
+    if sha in cache:
+        return cache[sha], cache[sha].info.get("found", "")
+    reasons = []
+    try:
+        named = backend_for_name(str(name)) if name and not Path(str(name)).exists() else None
+    except GaqtoolError:
+        named = None
+    if named is not None:
+        try:
+            parent = _load_parent(name, trust_pickle, modal)
+        except GaqtoolError as exc:
+            reasons.append(f"{name}: {exc.message}")
+        else:
+            if file_sha256(parent.path) == sha:
+                parent.info["found"] = f"{name}, the named model the file records"
+                cache[sha] = parent
+                return parent, parent.info["found"]
+            reasons.append(f"{name} of this installation is not the checkpoint {loaded.path.name} "
+                           "was made from (SHA-256 differs)")
+    candidates = []
+    if source.get("path"):
+        recorded = Path(source["path"])
+        candidates += [recorded, loaded.path.parent / recorded.name]
+    candidates.append(default_model_path())
+    seen = set()
+    for candidate in candidates:
+        if not candidate.is_file() or candidate.resolve() in seen:
+            continue
+        seen.add(candidate.resolve())
+        if file_sha256(candidate) == sha:
+            parent = _load_parent(candidate, trust_pickle, modal)
+            parent.info["found"] = f"{candidate}, SHA-256 as recorded"
+            cache[sha] = parent
+            return parent, parent.info["found"]
+    why = "; ".join(reasons) or f"recorded source {name or source.get('path') or '?'} not found"
+    return None, f"no FP32 parent of {loaded.path.name} found ({why})"
+
+
+def fp32_reference(loaded: LoadedModel, fp32: Optional[Path], trust_pickle: bool
+                   ) -> tuple[LoadedModel | None, str]:
+    """The model that frames without labels are compared with: ``--fp32`` if given (with the
+    quantized file's fidelity), else the quantized model's recorded parent; an FP32 model has
+    none of its own."""
+    if fp32 is not None:
+        modal = recorded_modal(loaded) if loaded.kind == "quantized" else None
+        parent = _load_parent(fp32, trust_pickle, modal)
+        how = f"{fp32} (--fp32)"
+        sha = loaded.info.get("source_sha256")
+        if sha and file_sha256(parent.path) != sha:
+            how += f"; {loaded.path.name} was quantized from another checkpoint (SHA-256 differs)"
+        return parent, how
+    if loaded.kind != "quantized":
+        return None, f"{display_name(loaded)} is an FP32 model, with no parent to compare with"
+    return recorded_parent(loaded, trust_pickle)
+
+
+def check_elements(loaded: LoadedModel, frames: Frames, data: str) -> None:
+    """UnknownElementError (one line) for the first frame with elements the model lacks."""
+    from ase.data import chemical_symbols
+
+    species = {int(z) for z in loaded.model.species}
+    for k, numbers in enumerate(frames.numbers):
+        unknown = sorted({int(z) for z in np.unique(numbers)} - species)
+        if unknown:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols)
+                              else f"Z={z}" for z in unknown)
+            known = sorted(species)
+            allowed = (", ".join(chemical_symbols[z] for z in known) if len(known) <= 12 else
+                       f"{len(known)} elements, {chemical_symbols[known[0]]} to {chemical_symbols[known[-1]]}")
+            raise UnknownElementError(
+                f"{display_name(loaded)} has no parameters for element(s) {names} (frame {k} of {data})",
+                hint=f"use structures of the elements the model knows ({allowed})")
+
+
+# ------------------------------------------------------------------------------- frame errors
+
+def _labelled(frames: Frames) -> np.ndarray:
+    """(F,) bool: frames with energy and force labels (what accuracy_metrics evaluates)."""
+    return np.array([bool(np.isfinite(e) and np.all(np.isfinite(f)))
+                     for e, f in zip(frames.energies, frames.forces)], dtype=bool)
+
+
+def _take(pred: Predictions, idx) -> Predictions:
+    idx = [int(i) for i in idx]
+    return Predictions(pred.energies[idx], [pred.forces[i] for i in idx],
+                       None if pred.stresses is None else [pred.stresses[i] for i in idx])
 
 
 def per_frame_errors(pred: Predictions, frames: Frames) -> list[dict[str, float]]:
@@ -42,6 +196,28 @@ def per_frame_errors(pred: Predictions, frames: Frames) -> list[dict[str, float]
             for k, (f, r, e, e_ref) in enumerate(zip(pred.forces, frames.forces, pred.energies,
                                                       frames.energies))]
 
+
+def _ranges(indices: list[int]) -> str:
+    """'0-15, 18' for [0, ..., 15, 18]."""
+    parts, start = [], None
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(parts)
+
+
+def _describe(frames: Frames, indices: list[int]) -> str:
+    """'frames 0-15 (16 crystals)' or 'frames 0-7 (3 crystals, 5 molecules)'."""
+    crystals = sum(1 for i in indices if np.any(frames.periodic(i)))
+    kinds = [f"{n} {name if n != 1 else name[:-1]}" for n, name in
+             ((crystals, "crystals"), (len(indices) - crystals, "molecules")) if n]
+    return f"frame{'s' if len(indices) != 1 else ''} {_ranges(indices)} ({', '.join(kinds)})"
+
+
+# ---------------------------------------------------------------------------------------- plot
 
 def _check_plot_path(plot: Optional[Path]) -> None:
     """Fail before any work if --plot cannot be written (format, matplotlib missing)."""
@@ -57,26 +233,34 @@ def _check_plot_path(plot: Optional[Path]) -> None:
                          hint="pip install matplotlib  (or: pip install 'gaqtool[plot]')") from None
 
 
+def _mismatch(scope: dict[str, Any]) -> bool:
+    return abs(scope.get("energy_offset_mev_per_atom", 0.0)) > REFERENCE_MISMATCH_MEV_PER_ATOM
+
+
 def write_parity_plot(path: Path, pred: Predictions, frames: Frames, title: str,
-                      metrics: dict[str, float]) -> None:
-    """Energy (meV, relative to the mean reference) and force-component (eV/A) parity plots."""
+                      metrics: dict[str, float], reference: str = "reference") -> None:
+    """Energy (meV, relative to the mean reference; each side's own mean when the energy
+    references differ) and force-component (eV/A) parity plots."""
     from matplotlib.figure import Figure  # object API: no global pyplot/backend state
 
     fig = Figure(figsize=(10, 4.6), layout="constrained")
     ax_e, ax_f = fig.subplots(1, 2)
     offset = float(np.mean(frames.energies))
-    ref_e, pred_e = (frames.energies - offset) * 1000.0, (pred.energies - offset) * 1000.0
+    shifted = _mismatch(metrics)
+    pred_offset = float(np.mean(pred.energies)) if shifted else offset
+    ref_e, pred_e = (frames.energies - offset) * 1000.0, (pred.energies - pred_offset) * 1000.0
     ref_f = np.concatenate([f.reshape(-1) for f in frames.forces])
     pred_f = np.concatenate([f.reshape(-1) for f in pred.forces])
-    panels = ((ax_e, ref_e, pred_e, "energy - mean reference (meV)",
-               f"energy: MAE {metrics['energy_mae_mev']:.3g} meV"),
+    energy_mae = metrics["energy_mae_mev_offset_removed" if shifted else "energy_mae_mev"]
+    panels = ((ax_e, ref_e, pred_e, "energy - mean (meV)" if shifted else "energy - mean reference (meV)",
+               f"energy{'*' if shifted else ''}: MAE {energy_mae:.3g} meV"),
               (ax_f, ref_f, pred_f, "force component (eV/A)",
                f"forces: MAE {metrics['force_mae_mev_a']:.3g} meV/A"))
     for ax, ref, prd, label, panel_title in panels:
         lo, hi = float(min(ref.min(), prd.min())), float(max(ref.max(), prd.max()))
         ax.plot([lo, hi], [lo, hi], color="0.6", linewidth=1)
         ax.scatter(ref, prd, s=4, alpha=0.5, linewidths=0)
-        ax.set_xlabel(f"reference {label}")
+        ax.set_xlabel(f"{reference} {label}")
         ax.set_ylabel(f"predicted {label}")
         ax.set_title(panel_title)
         ax.set_aspect("equal", adjustable="datalim")
@@ -85,70 +269,182 @@ def write_parity_plot(path: Path, pred: Predictions, frames: Frames, title: str,
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=150))
 
 
-def _render(report: dict[str, Any]) -> None:
-    m = report["metrics"]
-    console.print(f"model: {report['model']['path']} ({report['model']['label']})", highlight=False)
-    table = Table(title=f"errors on {m['num_frames']} frames")
+# -------------------------------------------------------------------------------------- render
+
+def _scope_rows(table: Table, scope: dict[str, Any], suffix: str = "") -> None:
+    """MAE / RMSE rows of one metrics scope ('*': energy with the mean offset removed)."""
+    if _mismatch(scope):
+        table.add_row(f"energy{suffix}* (meV)", f"{scope['energy_mae_mev_offset_removed']:.4g}", "-")
+    else:
+        table.add_row(f"energy{suffix} (meV)", f"{scope['energy_mae_mev']:.4g}",
+                      f"{scope['energy_rmse_mev']:.4g}")
+        table.add_row(f"energy{suffix} (meV/atom)", f"{scope['energy_mae_mev_per_atom']:.4g}", "-")
+    table.add_row(f"forces{suffix} (meV/A)", f"{scope['force_mae_mev_a']:.4g}",
+                  f"{scope['force_rmse_mev_a']:.4g}")
+    if "stress_mae_mev_a3" in scope:
+        table.add_row(f"stress{suffix} (meV/A^3)", f"{scope['stress_mae_mev_a3']:.4g}", "-")
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    table = Table(title=title)
     table.add_column("")
     table.add_column("MAE", justify="right")
     table.add_column("RMSE", justify="right")
-    table.add_row("energy (meV)", f"{m['energy_mae_mev']:.4g}", f"{m['energy_rmse_mev']:.4g}")
-    table.add_row("forces (meV/A)", f"{m['force_mae_mev_a']:.4g}", f"{m['force_rmse_mev_a']:.4g}")
-    console.print(table)
+    _scope_rows(table, metrics)
+    kinds = [k for k in KINDS if k in metrics]
+    if len(kinds) > 1:
+        for kind in kinds:
+            _scope_rows(table, metrics[kind], f" {kind}")
+    return table
+
+
+def _count(n: int) -> str:
+    return f"{n} frame{'s' if n != 1 else ''}"
+
+
+def _offset_footnote(metrics: dict[str, Any]) -> str | None:
+    for scope in (metrics, *(metrics[k] for k in KINDS if k in metrics)):
+        if _mismatch(scope):
+            return (f"*: after removing the mean energy offset "
+                    f"({scope['energy_offset_mev_per_atom'] / 1000:.3g} eV/atom): the model's "
+                    "energy reference differs from the labels'.")
+    return None
+
+
+def _render(report: dict[str, Any]) -> None:
+    model, m, teacher = report["model"], report["metrics"], report["teacher"]
+    console.print(f"model: {model['name']} ({model['label']})", highlight=False)
+    for note in report["notes"]:
+        console.print(note, highlight=False)
+    if m.get("num_labelled"):
+        console.print(_metrics_table(f"vs labels, {_count(m['num_labelled'])}", m))
+        note = _offset_footnote(m)
+        if note:
+            console.print(note, highlight=False)
+    if teacher:
+        t = teacher["metrics"]
+        console.print(_metrics_table(f"vs FP32 parent, {_count(t['num_frames'])}", t))
     if report["worst"]:
         worst = Table(title=f"{len(report['worst'])} frames with the largest force MAE")
-        for name in ("frame", "force MAE (meV/A)", "|energy error| (meV)"):
+        for name in ("frame", "against", "force MAE (meV/A)", "|energy error| (meV)"):
             worst.add_column(name, justify="right")
         for row in report["worst"]:
-            worst.add_row(str(row["frame"]), f"{row['force_mae_mev_a']:.4g}",
-                          f"{row['energy_error_mev']:.4g}")
+            worst.add_row(str(row["frame"]), row["against"], f"{row['force_mae_mev_a']:.4g}",
+                          f"{row['energy_error_mev_offset_removed']:.4g}*"
+                          if "energy_error_mev_offset_removed" in row else f"{row['energy_error_mev']:.4g}")
         console.print(worst)
 
+
+# ------------------------------------------------------------------------------------- command
 
 @app.command("eval")
 def evaluate(
     model: ModelArgument = None,
-    data: Annotated[str, typer.Option("--data", help="Frames: rmd17 (the model's molecule), rmd17:<molecule>, or a file (.npz, extxyz, ...).")] = "rmd17",
+    data: Annotated[Optional[str], typer.Option("--data", help="Frames: rmd17 (the model's molecule), rmd17:<molecule>, universal (crystals and molecules made by code), or a file (.npz, extxyz, traj, ...; frames without labels are compared with the FP32 parent). Default: rmd17 for a model with a molecule, universal otherwise.", show_default=False)] = None,
     split: Annotated[Split, typer.Option("--split", help="rMD17 split (ignored for files): test (split 01), train or val (950/50 of the train split).")] = Split.test,
     num_frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Use only the first N frames.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Molecules per forward pass.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Structures per forward pass.")] = 16,
     worst: Annotated[int, typer.Option("--worst", min=0, help="List the K frames with the largest force MAE (with their energy error).")] = 0,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write energy and force parity plots here (.png, .pdf or .svg; needs matplotlib).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write energy and force parity plots here (.png, .pdf or .svg; needs matplotlib): the labelled frames, or the FP32 parent's values when no frame has labels.")] = None,
+    fp32: FP32Option = None,
     force_mode: ForceModeOverrideOption = None,
+    modal: ModalOption = None,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Energy and force MAE / RMSE of a model against reference frames."""
+    """Energy, force and stress MAE / RMSE of a model against labels, or against its FP32
+    parent on frames without labels."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     _check_plot_path(plot)
-    loaded = load_model(model, trust_pickle, force_mode)
-    selection = resolve_data(data, split.value, rmd17_dir, loaded.molecule)
+    loaded = load_model(model, trust_pickle, force_mode, modal)
+    spec = data or default_spec(loaded.molecule)
+    selection = resolve_data(spec, split.value, rmd17_dir, loaded.molecule)
     frames, note = selection.frames, selection.note
     if num_frames is not None and num_frames < len(frames):
         frames = frames.subset(range(num_frames))
         note = f"{note}; first {num_frames} used"
+    check_elements(loaded, frames, spec)
+    labelled = _labelled(frames)
+    with_labels = [int(i) for i in np.nonzero(labelled)[0]]
+    without = [int(i) for i in np.nonzero(~labelled)[0]]
+    parent, how = (None, "")
+    if without:
+        parent, how = fp32_reference(loaded, fp32, trust_pickle)
+        if parent is None and not with_labels:
+            raise InputError(f"{spec}: no frame has energy and force labels, and {how}",
+                             hint="pass the FP32 parent with --fp32, or use labelled frames"
+                             if loaded.kind == "quantized" else
+                             "use labelled frames, or compare with another model with --fp32")
+        if parent is not None:
+            check_elements(parent, frames.subset(without), spec)
     if not json_output:
         console.print(f"[dim]{note}[/]", highlight=False)
     with progress(json_output) as bar:
-        task = bar.add_task("evaluating", total=len(frames), info=loaded.label)
-        try:
-            pred = predict(loaded.model, frames, batch_size, on_batch=lambda n: bar.update(task, advance=n))
-        except ValueError as exc:  # elements outside the model's species
-            raise InputError(f"cannot evaluate {loaded.path} on {data}: {exc}",
-                             hint="use frames of the molecule the model was trained on") from None
+        total = len(frames) + (len(without) if parent is not None else 0)
+        task = bar.add_task("evaluating", total=total, info=loaded.label)
+        pred = predict(loaded.model, frames, batch_size, on_batch=lambda n: bar.update(task, advance=n))
+        parent_pred = None
+        if parent is not None:
+            bar.update(task, info="FP32 parent")
+            parent_pred = predict(parent.model, frames.subset(without), batch_size,
+                                  on_batch=lambda n: bar.update(task, advance=n))
     metrics = accuracy_metrics(pred, frames)
-    errors = sorted(per_frame_errors(pred, frames), key=lambda r: r["force_mae_mev_a"], reverse=True)
-    report = {"model": {"path": str(loaded.path), "kind": loaded.kind, "label": loaded.label,
-                        "molecule": loaded.molecule},
-              "data": {"spec": data, "split": split.value, "note": note},
-              "metrics": metrics, "worst": errors[:worst]}
+    notes = []
+    if with_labels:
+        notes.append(f"compared with labels: {_describe(frames, with_labels)}")
+    teacher = None
+    if parent is not None:
+        sub = frames.subset(without)
+        teacher = {"parent": {"name": display_name(parent), "path": str(parent.path),
+                              "label": parent.label, "found": how},
+                   "frames": without,
+                   "metrics": deviation_metrics(_take(pred, without), parent_pred, sub)}
+        notes.append(f"compared with the FP32 parent {display_name(parent)} (no labels): "
+                     f"{_describe(frames, without)}")
+        notes.append(f"FP32 parent: {how}")
+    elif without:
+        notes.append(f"not evaluated (no labels, no FP32 parent): {_describe(frames, without)}; "
+                     f"{how}; --fp32 names a model to compare them with")
+    if fp32 is not None and not without:
+        notes.append("--fp32 unused: every frame has labels")
+    errors = []
+    if with_labels:
+        labelled_frames = frames.subset(with_labels)
+        for i, r in zip(with_labels, per_frame_errors(_take(pred, with_labels), labelled_frames)):
+            kind = "crystals" if np.any(frames.periodic(i)) else "molecules"
+            scope = metrics.get(kind, metrics)
+            if _mismatch(scope):  # the model's energy reference differs: remove the mean offset
+                signed = (pred.energies[i] - frames.energies[i]) * 1000.0
+                r["energy_error_mev_offset_removed"] = float(abs(
+                    signed - scope["energy_offset_mev_per_atom"] * frames.num_atoms[i]))
+            errors.append(dict(r, frame=i, against="labels"))
+    if teacher:
+        teacher_frames = frames.subset(without).with_labels(parent_pred.energies, parent_pred.forces,
+                                                            parent_pred.stresses)
+        errors += [dict(r, frame=i, against="FP32") for i, r in
+                   zip(without, per_frame_errors(_take(pred, without), teacher_frames))]
+    errors.sort(key=lambda r: r["force_mae_mev_a"], reverse=True)
+    report = {"model": {"path": str(loaded.path), "name": display_name(loaded), "kind": loaded.kind,
+                        "label": loaded.label, "molecule": loaded.molecule,
+                        "source": loaded.info.get("source"),
+                        "modal": modal if loaded.kind == "fp32" else recorded_modal(loaded)},
+              "data": {"spec": spec, "split": split.value, "note": note},
+              "metrics": metrics, "teacher": teacher,
+              "reference": {"labels": with_labels, "fp32_parent": without if teacher else [],
+                            "none": [] if teacher else without},
+              "notes": notes, "worst": errors[:worst]}
     if plot is not None:
-        write_parity_plot(plot, pred, frames, f"{loaded.path.name} ({loaded.label})", metrics)
+        title = f"{display_name(loaded)} ({loaded.label})"
+        if with_labels:
+            write_parity_plot(plot, _take(pred, with_labels), frames.subset(with_labels), title, metrics)
+        else:
+            write_parity_plot(plot, _take(pred, without), teacher_frames, title + " vs FP32 parent",
+                              teacher["metrics"], reference="FP32")
         report["plot"] = str(plot)
     if json_output:
         print_json(report)
