@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.evaluate import check_elements, display_name, recorded_modal, recorded_parent
+from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
+                                 SeedOption, ThreadsOption, TrustPickleOption)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import resolve_data
+from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.checkpoint import default_model_path
 from gaqtool.io.loading import LoadedModel, file_sha256, load_model
@@ -20,8 +23,18 @@ from gaqtool.metrics.equivariance import local_equivariance_error
 from gaqtool.metrics.localization import localize_equivariance
 
 ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
-    help="Model files: FP32 checkpoints (.pt) or quantized .safetensors. Default: the embedded model.",
+    help="Models: quantized .safetensors files, gaqtool checkpoints (.pt), SevenNet checkpoints "
+         "(.pth) or named models (sevenn:7net-0, ...). Default: the embedded model.",
     show_default=False)]
+
+
+def load_models(sources: list[Optional[Path]], trust_pickle: bool, force_mode, modal: str | None
+                ) -> list[LoadedModel]:
+    """Load every source; ``--modal`` goes to the FP32 sources (a quantized file keeps its own),
+    or to all of them when there is none, so that load_model refuses it."""
+    takes_modal = [p is None or Path(p).suffix != ".safetensors" for p in sources]
+    return [load_model(p, trust_pickle, force_mode, modal if takes or not any(takes_modal) else None)
+            for p, takes in zip(sources, takes_modal)]
 
 
 def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle: bool
@@ -29,14 +42,18 @@ def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle:
     """Map the path of each quantized model to its FP32 parent; notes on what was assumed.
 
     Parent: ``--fp32`` if given; else an FP32 model among the arguments, or the embedded model,
-    whose SHA-256 equals the quantized file's ``gaqtool.source_sha256``.
+    whose SHA-256 equals the quantized file's ``gaqtool.source_sha256``; else the parent the
+    file records (a named model such as ``sevenn:7net-0``, or its checkpoint found by name with
+    the recorded SHA-256).
     """
     notes: list[str] = []
     quantized = [m for m in models if m.kind == "quantized"]
     if fp32 is not None:
-        parent = load_model(fp32, trust_pickle)
+        modal = next((recorded_modal(m) for m in quantized if recorded_modal(m)), None)
+        parent = load_model(fp32, trust_pickle, modal=modal)
         if parent.kind != "fp32":
-            raise InputError(f"--fp32 {fp32} is a quantized file", hint="pass the FP32 checkpoint (.pt)")
+            raise InputError(f"--fp32 {fp32} is a quantized file",
+                             hint="pass the FP32 checkpoint (.pt, .pth) or named model")
         sha = file_sha256(parent.path)
         for m in quantized:
             if m.info.get("source_sha256") not in (None, sha):
@@ -47,14 +64,20 @@ def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle:
     embedded = default_model_path()
     embedded_sha = file_sha256(embedded) if quantized and embedded.is_file() else None
     parents: dict[str, LoadedModel] = {}
+    recorded: dict[str, LoadedModel] = {}
     for m in quantized:
         source = m.info.get("source_sha256")
         if source and source == embedded_sha and source not in candidates:
             candidates[source] = load_model(embedded)
         if source in candidates:
             parents[str(m.path)] = candidates[source]
+            continue
+        parent, how = recorded_parent(m, trust_pickle, recorded)
+        if parent is not None:
+            parents[str(m.path)] = parent
+            notes.append(f"FP32 floor of {m.path.name}: {how}")
         else:
-            notes.append(f"no FP32 parent known for {m.path}: pass it with --fp32 to see the floor")
+            notes.append(f"{how}: pass it with --fp32 to see the floor")
     return parents, notes
 
 
@@ -76,13 +99,47 @@ def _rows(models: list[LoadedModel], parents: dict[str, LoadedModel]) -> list[di
 
 
 def _frames_for(molecule: str | None, data: str, rmd17_dir, num_frames: int, cache: dict,
-                notes: list[str]) -> Frames:
+                notes: list[str]) -> tuple[Frames, Frames]:
+    """(the first ``num_frames`` of ``data``, all of them) for a model fitted to ``molecule``."""
     key = molecule if data.startswith("rmd17") else data
     if key not in cache:
         selection = resolve_data(data, "test", rmd17_dir, molecule)
-        cache[key] = selection.frames.subset(range(min(num_frames, len(selection.frames))))
-        notes.append(f"{selection.note}; first {len(cache[key])} used")
+        first = selection.frames.subset(range(min(num_frames, len(selection.frames))))
+        cache[key] = (first, selection.frames)
+        notes.append(f"{selection.note}; first {len(first)} used")
     return cache[key]
+
+
+def localization_rotates_cells() -> bool:
+    """Whether ``gaqtool.metrics.localization`` rotates the lattice vectors with the atoms (a
+    periodic structure is only rotated as a whole if it does; its per-module errors are
+    meaningless otherwise)."""
+    import torch
+
+    from gaqtool.data.graph import structures_batch
+    from gaqtool.metrics.localization import rotate_batch
+
+    batch = structures_batch([np.array([14])], [np.zeros((1, 3))], [np.eye(3) * 4.0],
+                             [np.ones(3, dtype=bool)], 1.0)
+    quarter_turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return not torch.allclose(rotate_batch(batch, quarter_turn).cell, batch.cell)
+
+
+def _localization_frames(first: Frames, every: Frames, num_frames: int, data: str,
+                         notes: list[str]) -> Frames:
+    """The frames --localize measures: the LEE frames, or, while localization cannot rotate
+    cells, the first ``num_frames`` structures of ``data`` without periodic boundaries."""
+    periodic = [bool(np.any(first.periodic(i))) for i in range(len(first))]
+    if not any(periodic) or localization_rotates_cells():
+        return first
+    molecules = [i for i in range(len(every)) if not np.any(every.periodic(i))][:num_frames]
+    if not molecules:
+        raise InputError(f"--localize cannot rank modules on the periodic frames of {data}: the "
+                         "module-level check rotates atoms but not cells",
+                         hint="add --data with molecules, e.g. --data rmd17:aspirin")
+    notes.append(f"--localize: periodic frames left out (cells are not rotated there); "
+                 f"{len(molecules)} molecule frames of {data} used")
+    return every.subset(molecules)
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
@@ -105,7 +162,7 @@ def _render(rows: list[dict[str, Any]], top: int, localize: bool) -> None:
     table = Table(title="Local equivariance error (finite rotations)")
     table.add_column("metric")
     for row in rows:
-        table.add_column(Path(row["path"]).name, justify="right", overflow="fold")
+        table.add_column(row["name"], justify="right", overflow="fold")
     table.add_row("model", *[r["label"] if r["argument"] else "FP32 floor" for r in rows])
     for name, key in _METRICS:
         table.add_row(name, *[_fmt(r["lee"][key], ".2e" if key == "force_relative" else ".3g")
@@ -121,7 +178,7 @@ def _render(rows: list[dict[str, Any]], top: int, localize: bool) -> None:
     for row in rows:
         if not row["argument"]:
             continue
-        local = Table(title=f"Top {top} modules breaking equivariance: {Path(row['path']).name}")
+        local = Table(title=f"Top {top} modules breaking equivariance: {row['name']}")
         local.add_column("#", justify="right")
         local.add_column("module", overflow="fold")
         for name in ("introduced", "output", "input"):
@@ -137,18 +194,25 @@ def _render(rows: list[dict[str, Any]], top: int, localize: bool) -> None:
 
 def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes) -> None:
     cache: dict = {}
+    for row in rows:  # data and elements first: no error after minutes of measuring
+        loaded: LoadedModel = row["model"]
+        row["frames"], every = _frames_for(loaded.molecule, data, rmd17_dir, num_frames, cache, notes)
+        check_elements(loaded, row["frames"], data)
+        if localize and row["argument"]:
+            row["localize_frames"] = _localization_frames(row["frames"], every, num_frames, data, notes)
     total = len(rows) * rotations + (sum(r["argument"] for r in rows) * rotations if localize else 0)
     with progress(json_output) as bar:
         task = bar.add_task("LEE", total=total, info="")
         for row in rows:
-            loaded: LoadedModel = row["model"]
-            frames = _frames_for(loaded.molecule, data, rmd17_dir, num_frames, cache, notes)
-            bar.update(task, info=loaded.path.name)
+            loaded = row["model"]
+            frames = row.pop("frames")
+            bar.update(task, info=display_name(loaded))
             row["lee"] = local_equivariance_error(loaded.model, frames, rotations, seed,
                                                   on_progress=lambda n: bar.update(task, advance=n))
             if localize and row["argument"]:
+                local_frames = row.pop("localize_frames")
                 row["localization"] = localize_equivariance(
-                    loaded.model, frames, rotations, seed, batch_size=len(frames),
+                    loaded.model, local_frames, rotations, seed, batch_size=len(local_frames),
                     on_progress=lambda n: bar.update(task, advance=n))
 
 
@@ -157,7 +221,7 @@ def _finish_rows(rows: list[dict[str, Any]]) -> None:
     floors = {str(r["model"].path): r["lee"]["force_mean_mev_a"] for r in rows if r["model"].kind == "fp32"}
     for row in rows:
         loaded: LoadedModel = row.pop("model")
-        row.update(path=str(loaded.path), label=loaded.label, kind=loaded.kind)
+        row.update(path=str(loaded.path), name=display_name(loaded), label=loaded.label, kind=loaded.kind)
         floor = floors.get(row["path"]) if loaded.kind == "fp32" else floors.get(row.get("parent") or "")
         row["floor_force_mean_mev_a"] = floor
         row["ratio_to_floor"] = row["lee"]["force_mean_mev_a"] / floor if floor else None
@@ -168,12 +232,13 @@ def lee_check(
     models: ModelsArgument = None,
     num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = 8,
     rotations: Annotated[int, typer.Option("--rotations", min=1, help="Haar-random rotations per frame (seeded).")] = 4,
-    data: Annotated[str, typer.Option("--data", help="Frames: rmd17 (the model's molecule, test split), rmd17:<molecule>, or a file.")] = "rmd17",
-    fp32: Annotated[Optional[Path], typer.Option("--fp32", help="FP32 parent checkpoint for the floor row. Default: an FP32 argument or the embedded model whose SHA-256 matches the quantized file's source.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Frames: rmd17 (the model's molecule, test split), rmd17:<molecule>, universal (crystals and molecules made by code), or a file (extxyz, traj, ...; cells are rotated with the atoms). Default: rmd17 if the first model has a molecule, universal otherwise.", show_default=False)] = None,
+    fp32: Annotated[Optional[Path], typer.Option("--fp32", help="FP32 parent (checkpoint or named model) for the floor row. Default: an FP32 argument or the embedded model whose SHA-256 matches the quantized file's source, or the named model / checkpoint the file records.")] = None,
     localize: Annotated[bool, typer.Option("--localize", help="Also rank the modules that introduce the most equivariance error.")] = False,
     top: Annotated[int, typer.Option("--top", min=1, help="Modules shown per model with --localize.")] = 5,
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Exit with code 1 if any model's mean force LEE exceeds this (meV/A); for CI.")] = None,
     force_mode: ForceModeOverrideOption = None,
+    modal: ModalOption = None,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -185,10 +250,11 @@ def lee_check(
 
     if threads:
         torch.set_num_threads(threads)
-    loaded = [load_model(p, trust_pickle, force_mode) for p in (models or [None])]
+    loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal)
     parents, notes = _find_parents(loaded, fp32, trust_pickle)
     rows = _rows(loaded, parents)
-    _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes)
+    spec = data or default_spec(loaded[0].molecule)
+    _measure(rows, spec, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes)
     _finish_rows(rows)
     exceeded = [r for r in rows if r["argument"] and threshold is not None
                 and not r["lee"]["force_mean_mev_a"] <= threshold]
