@@ -198,7 +198,8 @@ def qat_loss(options: QATOptions, rng: np.random.Generator) -> Callable[[nn.Modu
         total = energy_force_loss(energies, forces, batch, options.energy_weight, 1.0)
         if options.lee_weight > 0:
             rotation = torch.tensor(haar_rotations(1, int(rng.integers(1 << 31)))[0], dtype=forces.dtype)
-            _, rotated = energy_and_forces(model, replace(batch, positions=batch.positions @ rotation.T),
+            cell = None if batch.cell is None else batch.cell @ rotation.T  # lattice vectors are rows
+            _, rotated = energy_and_forces(model, replace(batch, positions=batch.positions @ rotation.T, cell=cell),
                                            create_graph=True)
             total = total + options.lee_weight * ((rotated - forces @ rotation.T) ** 2).mean()
         return total
@@ -228,6 +229,11 @@ def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, ca
         raise InputError(f"unknown QAT targets '{options.targets}'", hint="choose teacher or labels")
     if options.targets == QATTargets.TEACHER.value:
         train = teacher_targets(fp32, train)
+    elif not (train.has_energy_labels and train.has_force_labels):
+        raise InputError("--qat-targets labels needs energy and force labels on every training frame",
+                         hint="use --qat-targets teacher (the FP32 parent's predictions)")
+    if not (val.has_energy_labels and val.has_force_labels):
+        val = teacher_targets(fp32, val)  # unlabelled structures (universal set): validate against FP32
     calibration = calibration_subset(config, calibration)  # calibration, recalibration, bias correction
     model = prepare_qat(fp32, config, calibration, options.tangent_projection, start)
     rng = np.random.default_rng(options.seed)

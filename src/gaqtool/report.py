@@ -109,15 +109,25 @@ def render_quantize_report(report: dict[str, Any], console: Console, show_module
                   f"(seed {lee_info['seed']}); FP32 column is the float32 floor.", highlight=False)
     modules = report["modules"]
     fp32 = [m for m in modules if m["status"] == "fp32"]
+    chosen = [m for m in fp32 if m.get("reason", "").startswith("kept FP32")]
+    unhandled = [m for m in fp32 if m not in chosen]
     quantized = [m for m in modules if m["status"] == "quantized"]
-    console.print(f"{len(quantized)} modules quantized, {len(fp32)} kept FP32; force mode: "
+    wide = sorted({m["weight_bits"] for m in quantized if m.get("weight_bits")})
+    console.print(f"{len(quantized)} modules quantized (weight bits: "
+                  f"{', '.join(map(str, wide)) or '-'}), {len(fp32)} kept FP32; force mode: "
                   f"{report['force_mode']}", highlight=False)
-    if show_modules or fp32:
+    if unhandled and not show_modules:
+        names = ", ".join(sorted({m["kind"] for m in unhandled}))
+        console.print(f"FP32 without a quantization handler (small non-weight parameters): "
+                      f"{len(unhandled)} modules of kinds {names}; --show-modules lists them.",
+                      highlight=False)
+    rows = modules if show_modules else chosen
+    if rows:
         mt = Table(title="modules" if show_modules else "modules kept in FP32")
-        for col in ("module", "kind", "weights", "inputs", "note"):
-            mt.add_column(col)
-        for m in (modules if show_modules else fp32):
+        for col in ("module", "weights", "inputs", "note"):
+            mt.add_column(col, overflow="fold")
+        for m in rows:
             bits = f"int{m['weight_bits']} x {m.get('num_weights', 0)}" if m.get("weight_bits") else "fp32"
             inputs = ", ".join(i for i in (m.get("inputs") or []) if i) or "-"
-            mt.add_row(m["path"], m["kind"], bits, inputs, m.get("reason", ""))
+            mt.add_row(f"{m['path']}\n[dim]{m['kind']}[/]", bits, inputs, m.get("reason", ""))
         console.print(mt)

@@ -170,7 +170,9 @@ def quantize(
         "size": size_summary(loaded, quantized),
         "modules": [{"path": p, **e} for p, e in plan.entries.items()],
         "unquantized_parameters": plan.unquantized_parameters,
-        "force_mode": f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}",
+        "force_mode": (f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}"
+                       if config.quantizes_activations else
+                       "exact: -dE/dx by autograd (weight-only: no activation rounding)"),
         "seconds": {"quantize_calibrate": t_quant},
     }
     if qat_summary:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,14 @@ __all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized", "read_header", 
 # Format changelog:
 #   1 (gaqtool 0.1): packed weights + scales + shapes, activation scales as plain tensors.
 FORMAT_VERSION = "1"
-# buffers rebuilt from the model config (e3nn output masks), not stored
-DERIVED_SUFFIXES = (".output_mask",)
+# buffers rebuilt from the model config, not stored: e3nn output masks, and the constants of
+# e3nn's generated (torch.fx) tensor-product code, which a deep copy turns into state-dict entries
+DERIVED_PATTERN = re.compile(r"(\.output_mask|\._tensor_constant\d+)$")
+
+
+def is_derived(key: str) -> bool:
+    """True for state-dict entries the model rebuilds from its config (never stored)."""
+    return DERIVED_PATTERN.search(key) is not None
 # float32 buffers stored as float16 (their values are float16-exact by construction)
 HALF_SUFFIXES = ("weight_scale", ".scalar_scale", ".norm_scale", ".tensor_scale")
 _META_KEYS = ("gaqtool.format_version", "gaqtool.model_config", "gaqtool.quant_config", "gaqtool.plan")
@@ -81,7 +88,7 @@ def file_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             tensors[f"{path}.{name}_shape"] = torch.tensor(list(values.shape), dtype=torch.int32)
             skip |= {f"{path}.inner.{name}", f"{path}.{name}_int"}
     for key, value in state.items():
-        if key in skip or key.endswith(DERIVED_SUFFIXES) or value.numel() == 0:
+        if key in skip or is_derived(key) or value.numel() == 0:
             continue
         tensors[key] = _storage_dtype(key, value.detach()).contiguous().clone()
     return tensors
@@ -240,7 +247,7 @@ def load_quantized(path: Path | str) -> torch.nn.Module:
         raise FormatError(f"{qfile.path}: tensor shapes do not fit the model: {exc}") from None
     result = model.load_state_dict(tensors, strict=False)
     missing = {k for k in set(result.missing_keys) - handled
-               if not k.endswith(DERIVED_SUFFIXES) and model.state_dict()[k].numel() > 0}
+               if not is_derived(k) and model.state_dict()[k].numel() > 0}
     if missing or result.unexpected_keys:
         raise FormatError(f"{qfile.path} does not match its model config "
                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]})")

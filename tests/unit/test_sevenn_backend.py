@@ -1,0 +1,170 @@
+"""The SevenNet backend on the real pretrained weights shipped in the sevenn wheel: the FP32 path
+against sevenn's own calculator, safe loading, derivatives on periodic cells, quantized files
+that round-trip, and one-line errors for bad sources."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from gaqtool.config import QuantConfig
+from gaqtool.data.frames import Frames
+from gaqtool.data.graph import make_batch
+from gaqtool.data.universal import universal_frames
+from gaqtool.errors import GaqtoolError, InputError, ModelLoadError
+from gaqtool.io.loading import load_model
+from gaqtool.io.safetensors_io import load_quantized, save_quantized
+from gaqtool.potential import predict_batch
+from gaqtool.workflow import quantize_loaded
+
+pytest.importorskip("sevenn")
+warnings.filterwarnings("ignore", module="sevenn")
+
+
+@pytest.fixture(scope="module")
+def sevennet():
+    return load_model("sevenn:7net-0")
+
+
+def _frames(atoms_list) -> Frames:
+    return Frames([a.numbers.copy() for a in atoms_list], [a.positions.copy() for a in atoms_list],
+                  np.full(len(atoms_list), np.nan), [np.zeros((len(a), 3)) for a in atoms_list],
+                  cells=[np.array(a.cell[:]) for a in atoms_list], pbc=[a.pbc.copy() for a in atoms_list])
+
+
+def _aspirin(test_frames) -> Atoms:
+    return Atoms(numbers=test_frames.numbers[0], positions=test_frames.positions[0])
+
+
+def _crystal() -> Atoms:
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.set_cell(atoms.cell[:] @ np.array([[1.01, 0.01, 0.0], [0.01, 0.99, 0.0], [0.0, 0.0, 1.0]]),
+                   scale_atoms=True)
+    return atoms
+
+
+def test_fp32_matches_sevenn_calculator_on_a_molecule_and_a_periodic_cell(sevennet, test_frames):
+    from sevenn.calculator import SevenNetCalculator
+
+    calculator = SevenNetCalculator("7net-0")
+    for atoms in (_aspirin(test_frames), _crystal()):
+        atoms.calc = calculator
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        prediction = predict_batch(sevennet.model, make_batch(_frames([atoms]), [0], sevennet.model.cutoff),
+                                   stress=True)
+        assert abs(float(prediction.energies[0]) - energy) / len(atoms) < 1e-5
+        assert np.abs(prediction.forces.detach().numpy() - forces).max() < 1e-4
+        if atoms.pbc.any():
+            s = prediction.stress[0].detach().numpy()
+            voigt = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            assert np.abs(voigt - atoms.get_stress()).max() < 1e-5
+            assert np.abs(voigt).max() > 1e-3  # the strained cell has a stress to compare
+
+
+def test_safe_load_gives_sevenn_state_dict_and_refuses_other_pickles(sevennet, tmp_path):
+    import sevenn._const as const
+    import sevenn.util
+
+    reference, _ = sevenn.util.model_from_checkpoint(const.SEVENNET_0_11Jul2024)
+    ours = sevennet.model.net.state_dict()
+    theirs = reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    payload = torch.load(const.SEVENNET_0_11Jul2024, weights_only=False, map_location="cpu")
+    payload["config"]["note"] = argparse.Namespace(evil=True)  # not on any allowlist
+    path = tmp_path / "tampered.pth"
+    torch.save(payload, path)
+    with pytest.raises(ModelLoadError, match="allowlist") as info:
+        load_model(path)
+    assert "--trust-pickle" in info.value.hint
+    assert load_model(path, trust_pickle=True).model.cutoff == 5.0
+
+
+def test_periodic_forces_and_stress_are_derivatives_of_the_energy(sevennet):
+    """float64 copy of SevenNet-0 on a sheared, rattled NaCl cell: forces against central
+    differences of the energy, stress against the derivative under a symmetric strain."""
+    model = load_model("sevenn:7net-0").model.double()
+    atoms = _crystal()
+
+    def energy(positions: np.ndarray, cell: np.ndarray) -> float:
+        frames = Frames([atoms.numbers], [positions], np.array([np.nan]), [np.zeros_like(positions)],
+                        cells=[cell], pbc=[atoms.pbc.copy()])
+        with torch.no_grad():
+            return float(model(make_batch(frames, [0], model.cutoff, torch.float64))[0])
+
+    batch = make_batch(_frames([atoms]), [0], model.cutoff, torch.float64)
+    prediction = predict_batch(model, batch, stress=True)
+    forces, stress = prediction.forces.detach().numpy(), prediction.stress[0].detach().numpy()
+    h, cell, positions = 1e-4, np.array(atoms.cell[:]), atoms.positions.copy()
+    for k, axis in ((0, 0), (3, 1), (6, 2)):
+        plus, minus = positions.copy(), positions.copy()
+        plus[k, axis] += h
+        minus[k, axis] -= h
+        assert -(energy(plus, cell) - energy(minus, cell)) / (2 * h) == pytest.approx(forces[k, axis], abs=1e-6)
+    volume = abs(np.linalg.det(cell))
+    for i, j in ((0, 0), (2, 2), (0, 1), (1, 2)):
+        strain = np.zeros((3, 3))
+        strain[i, j] = strain[j, i] = h
+        e = [energy(positions @ (np.eye(3) + s), cell @ (np.eye(3) + s)) for s in (strain, -strain)]
+        derivative = (e[0] - e[1]) / (2 * h) / volume / (1.0 if i == j else 2.0)
+        assert derivative == pytest.approx(stress[i, j], abs=1e-7)
+    assert np.abs(stress).max() > 1e-4
+
+
+@pytest.mark.parametrize("bits", ["w4", "w4a8"])
+def test_quantized_file_round_trips_exactly(sevennet, tmp_path, bits):
+    calib = universal_frames("calib").subset([0, 5, 12, 17])
+    config = QuantConfig.from_preset(bits, calib_frames=4, weight_rounding="nearest")
+    quantized, plan = quantize_loaded(sevennet.model, config, calib)
+    assert plan.entries["net.onehot_to_feature_x.linear"]["status"] == "fp32"  # by role
+    assert "role 'species_embedding'" in plan.entries["net.onehot_to_feature_x.linear"]["reason"]
+    path = save_quantized(tmp_path / "q.safetensors", quantized, config, plan, "0" * 64)
+    loaded = load_quantized(path)
+    test = universal_frames("test").subset([1, 9, 16])
+    batch = make_batch(test, range(len(test)), sevennet.model.cutoff)
+    before = predict_batch(quantized, batch, stress=True)
+    after = predict_batch(loaded, batch, stress=True)
+    assert torch.equal(before.energies, after.energies)
+    assert torch.equal(before.forces, after.forces)
+    assert torch.equal(before.stress, after.stress)
+    fp32 = predict_batch(sevennet.model, batch, stress=True)
+    assert not torch.equal(fp32.forces, after.forces)  # it is quantized
+    assert path.stat().st_size < 0.2 * sevennet.path.stat().st_size
+
+
+def test_bad_sources_give_one_line_errors(test_frames):
+    with pytest.raises(ModelLoadError, match="unknown SevenNet model 'nope'") as info:
+        load_model("sevenn:nope")
+    assert "sevenn:7net-0" in info.value.hint
+    with pytest.raises(InputError, match="needs --modal") as info:
+        load_model("sevenn:7net-mf-0")
+    assert "PBE" in info.value.hint
+    with pytest.raises(InputError, match="unknown --modal"):
+        load_model("sevenn:7net-mf-0", modal="HSE")
+    with pytest.raises(InputError, match="one fidelity"):
+        load_model("sevenn:7net-0", modal="PBE")
+
+
+def test_an_element_the_model_lacks_is_named(sevennet):
+    atoms = Atoms("OgH", positions=[[0, 0, 0], [1.5, 0, 0]])  # Og (Z=118): not in SevenNet-0's 89
+    batch = make_batch(_frames([atoms]), [0], sevennet.model.cutoff)
+    with pytest.raises(GaqtoolError, match=r"Og \(Z=118\)"):
+        predict_batch(sevennet.model, batch)
+
+
+def test_multi_fidelity_model_uses_the_chosen_modal(test_frames):
+    atoms = _crystal()
+    batch = make_batch(_frames([atoms]), [0], 5.0)
+    pbe = load_model("sevenn:7net-mf-0", modal="PBE").model
+    r2scan = load_model("sevenn:7net-mf-0", modal="R2SCAN").model
+    e_pbe, e_r2scan = (float(m(batch)[0]) for m in (pbe, r2scan))
+    assert abs(e_pbe - e_r2scan) > 1e-3  # the fidelities differ
+    assert pbe.config["modal"] == "PBE"
