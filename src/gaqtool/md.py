@@ -10,6 +10,9 @@ are). They differ only for force mode 'conservative' of an activation-quantized 
 dynamics integrate E_s (activation rounding off) while E_q is reported; ``drift`` is that of the
 conserved Hamiltonian, ``reported drift`` that of E_q + E_kin, and both are always shown.
 
+Periodic cells (crystals) run at fixed cell (NVE, no barostat); positions are not wrapped
+back into the cell, so displacements stay readable.
+
 Units: energies eV (reported per atom in meV), time fs/ps, temperature K, lengths Angstrom.
 """
 
@@ -39,7 +42,9 @@ class MDSettings:
 
     temperature_k: Maxwell-Boltzmann start temperature (K); timestep_fs: velocity-Verlet step;
     log_every: steps between stored snapshots / series points; blowup_distance: Angstrom from
-    the centroid; blowup_temperature_factor: stop when T > factor * max(T_start, temperature_k).
+    the centroid (molecules) or from the atom's start position (periodic cells, where atoms
+    sit anywhere in the cell); blowup_temperature_factor: stop when
+    T > factor * max(T_start, temperature_k).
     """
 
     temperature_k: float = 300.0
@@ -125,31 +130,48 @@ class MDResult:
                 "temperature_k": self.temperature[idx].tolist()}
 
 
-def initial_state(numbers: np.ndarray, positions: np.ndarray, temperature_k: float, seed: int) -> Atoms:
+def initial_state(numbers: np.ndarray, positions: np.ndarray, temperature_k: float, seed: int,
+                  cell: np.ndarray | None = None, pbc: np.ndarray | None = None) -> Atoms:
     """Atoms (N,) / (N, 3) Angstrom with seeded Maxwell-Boltzmann velocities at ``temperature_k``,
-    zero total momentum and zero angular momentum (temperature preserved)."""
-    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64))
+    zero total momentum and, for a molecule, zero angular momentum (temperature preserved).
+
+    cell (3, 3) lattice vectors as rows and pbc (3,) bool make a periodic structure; its
+    angular momentum is left alone (a rotation of an infinite crystal is no free mode)."""
+    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=np.float64),
+                  cell=None if cell is None else np.asarray(cell, dtype=np.float64),
+                  pbc=False if pbc is None else np.asarray(pbc, dtype=bool))
     rng = np.random.default_rng(seed)
     if hasattr(velocitydistribution, "thermalize_momenta"):  # ASE >= 3.29 (same distribution)
         velocitydistribution.thermalize_momenta(atoms, temperature_k, rng=rng)
     else:
         velocitydistribution.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
     Stationary(atoms)
-    ZeroRotation(atoms)
+    if not np.any(atoms.pbc):
+        ZeroRotation(atoms)
     return atoms
 
 
 def blowup_reason(atoms: Atoms, energy: float, forces: np.ndarray, max_distance: float,
-                  max_temperature: float | None) -> str | None:
-    """Why the trajectory is considered blown up, or None (NaN, atom escaped, too hot)."""
+                  max_temperature: float | None, start_positions: np.ndarray | None = None) -> str | None:
+    """Why the trajectory is considered blown up, or None (NaN, atom escaped, too hot).
+
+    Escaped: farther than ``max_distance`` from the centroid for a molecule; for a periodic
+    structure (where the centroid says nothing), moved farther than that from its position in
+    ``start_positions`` (not checked without them)."""
     if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
         return "NaN/inf energy or forces"
     positions = atoms.positions
     if not np.all(np.isfinite(positions)):
         return "NaN/inf positions"
-    distance = np.linalg.norm(positions - positions.mean(0), axis=1).max()
-    if distance > max_distance:
-        return f"an atom is {distance:.1f} A from the centroid (> {max_distance:g} A)"
+    if np.any(atoms.pbc):
+        if start_positions is not None:
+            distance = np.linalg.norm(positions - start_positions, axis=1).max()
+            if distance > max_distance:
+                return f"an atom moved {distance:.1f} A from its start (> {max_distance:g} A)"
+    else:
+        distance = np.linalg.norm(positions - positions.mean(0), axis=1).max()
+        if distance > max_distance:
+            return f"an atom is {distance:.1f} A from the centroid (> {max_distance:g} A)"
     temperature = atoms.get_temperature()
     if max_temperature is not None and temperature > max_temperature:
         return f"temperature {temperature:.0f} K > {max_temperature:.0f} K"
@@ -165,19 +187,22 @@ def energy_drift(time_ps: np.ndarray, total_energy: np.ndarray, num_atoms: int) 
     return float(slope_ev_ps * 1000.0 / num_atoms)
 
 
-def _snapshot(atoms: Atoms, energy: float, forces: np.ndarray) -> Atoms:
+def _snapshot(atoms: Atoms, energy: float, forces: np.ndarray, stress: np.ndarray | None = None) -> Atoms:
     copy = atoms.copy()
-    copy.calc = SinglePointCalculator(copy, energy=energy, free_energy=energy, forces=forces.copy())
+    extra = {} if stress is None else {"stress": np.array(stress)}
+    copy.calc = SinglePointCalculator(copy, energy=energy, free_energy=energy, forces=forces.copy(), **extra)
     return copy
 
 
 def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
             on_step: Callable[[int], None] | None = None) -> MDResult:
-    """Velocity-Verlet NVE from ``start`` (positions and velocities are copied, not modified).
+    """Velocity-Verlet NVE from ``start`` (positions and velocities are copied, not modified);
+    a periodic ``start`` keeps its cell.
 
     Stops early when :func:`blowup_reason` fires. ``on_step(1)`` after every step.
     """
     atoms = start.copy()
+    start_positions = atoms.positions.copy()
     atoms.calc = calculator
     dyn = VelocityVerlet(atoms, timestep=settings.timestep_fs * units.fs, logfile=None)
     series: dict[str, list[float]] = {"t": [], "pot": [], "conserved": [], "kin": [], "temp": []}
@@ -193,9 +218,10 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
         series["conserved"].append(float(atoms.calc.results.get("conserved_energy", energy)))
         series["kin"].append(atoms.get_kinetic_energy())
         series["temp"].append(atoms.get_temperature())
-        reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None)
+        reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None,
+                               start_positions)
         if step % settings.log_every == 0 or step == settings.steps or reason:
-            snapshots.append(_snapshot(atoms, energy, forces))
+            snapshots.append(_snapshot(atoms, energy, forces, atoms.calc.results.get("stress")))
         if reason:
             reason = f"step {step}: {reason}"
             break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
@@ -11,21 +12,56 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.evaluate import display_name
+from gaqtool.cli.lee import load_models
+from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool.config import ForceMode
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import DataError, InputError
-from gaqtool.io.loading import LoadedModel, load_model
+from gaqtool.io.loading import LoadedModel
 from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
 
 ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
-    help="Model files (.pt FP32 or quantized .safetensors), run from the same start. Default: the embedded model.",
+    help="Models run from the same start: quantized .safetensors files, gaqtool checkpoints (.pt), "
+         "SevenNet checkpoints (.pth) or named models (sevenn:7net-0, ...). Default: the embedded model.",
     show_default=False)]
 
+# the start of a universal model with no molecule and no --structure / --data: crystalline Si,
+# the 8-atom conventional diamond cell repeated 2x2x2 (64 atoms, 10.86 A box)
+DEFAULT_CRYSTAL = dict(name="Si", crystalstructure="diamond", a=5.43, cubic=True)
+DEFAULT_REPEATS = (2, 2, 2)
 
-def _start_structure(structure: Optional[Path], data: str, frame: int, rmd17_dir, molecule: str | None
-                     ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(numbers (N,), positions (N, 3) A, description) of the starting geometry."""
+
+@dataclass
+class Start:
+    """The starting structure: numbers (N,), positions (N, 3) A, cell (3, 3) rows A or None,
+    pbc (3,) bool or None, and where it came from."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray | None
+    pbc: np.ndarray | None
+    origin: str
+
+    @property
+    def periodic(self) -> bool:
+        return self.pbc is not None and bool(np.any(self.pbc))
+
+
+def _default_crystal() -> Start:
+    from ase.build import bulk
+
+    atoms = bulk(**DEFAULT_CRYSTAL) * DEFAULT_REPEATS
+    return Start(np.asarray(atoms.numbers), np.asarray(atoms.positions), np.asarray(atoms.cell[:]),
+                 np.asarray(atoms.pbc), f"Si diamond, a = {DEFAULT_CRYSTAL['a']} A, "
+                 f"{'x'.join(map(str, DEFAULT_REPEATS))} conventional cells ({len(atoms)} atoms, "
+                 "periodic; the default for a model without a molecule)")
+
+
+def _start_structure(structure: Optional[Path], data: Optional[str], frame: int, rmd17_dir,
+                     molecule: str | None) -> Start:
+    """The starting geometry: a frame of --structure, a frame of --data, or the default (rMD17
+    of the model's molecule; a silicon crystal for a model without one)."""
     if structure is not None:
         import ase.io
 
@@ -38,13 +74,29 @@ def _start_structure(structure: Optional[Path], data: str, frame: int, rmd17_dir
         except Exception as exc:  # ase raises many types for unreadable files
             raise DataError(f"cannot read {structure} with ASE: {exc}",
                             hint="use an xyz/extxyz/traj/... file ASE can read") from None
-        return np.asarray(atoms.numbers), np.asarray(atoms.positions), f"{structure} frame {frame}"
-    selection = resolve_data(data, "test", rmd17_dir, molecule)
-    if not 0 <= frame < len(selection.frames):
-        raise InputError(f"--frame {frame} is out of range: {data} has {len(selection.frames)} frames",
-                         hint=f"choose 0..{len(selection.frames) - 1}")
-    return (selection.frames.numbers[frame], selection.frames.positions[frame],
-            f"{selection.note}; frame {frame}")
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell[:], dtype=np.float64)
+        if np.any(pbc) and abs(np.linalg.det(cell[pbc][:, pbc])) < 1e-6:
+            raise DataError(f"{structure} frame {frame}: periodic but its cell has no volume",
+                            hint="give the structure its lattice vectors, or pbc=False for a molecule")
+        kind = f"periodic, {len(atoms)} atoms" if np.any(pbc) else f"{len(atoms)} atoms"
+        return Start(np.asarray(atoms.numbers), np.asarray(atoms.positions), cell if np.any(pbc) else None,
+                     pbc if np.any(pbc) else None, f"{structure} frame {frame} ({kind})")
+    if data is None and not molecule:
+        if frame:
+            raise InputError("--frame needs --data or --structure",
+                             hint="the default start of a model without a molecule is one crystal")
+        return _default_crystal()
+    spec = data or "rmd17"
+    selection = resolve_data(spec, "test", rmd17_dir, molecule)
+    frames = selection.frames
+    if not 0 <= frame < len(frames):
+        raise InputError(f"--frame {frame} is out of range: {spec} has {len(frames)} frames",
+                         hint=f"choose 0..{len(frames) - 1}")
+    periodic = bool(np.any(frames.periodic(frame)))
+    return Start(frames.numbers[frame], frames.positions[frame],
+                 frames.cell(frame) if periodic else None, frames.periodic(frame) if periodic else None,
+                 f"{selection.note}; frame {frame}")
 
 
 def _trajectory_paths(trajectory: Optional[Path], count: int) -> list[Optional[Path]]:
@@ -60,12 +112,13 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _render(runs: list[dict[str, Any]], settings: MDSettings) -> None:
-    table = Table(title=f"NVE velocity Verlet: dt {settings.timestep_fs:g} fs, {settings.steps} steps, "
-                        f"start {settings.temperature_k:g} K (seed {settings.seed})")
+def _render(runs: list[dict[str, Any]], settings: MDSettings, periodic: bool = False) -> None:
+    table = Table(title=f"NVE velocity Verlet{', fixed cell' if periodic else ''}: dt "
+                        f"{settings.timestep_fs:g} fs, {settings.steps} steps, "
+                        f"from {settings.temperature_k:g} K, seed {settings.seed}")
     table.add_column("")
     for k, run in enumerate(runs, 1):
-        table.add_column(f"[{k}] {Path(run['path']).name}", justify="right", overflow="fold")
+        table.add_column(f"[{k}] {run['name']}", justify="right", overflow="fold")
     rows = (("model", lambda s, r: r["label"]),
             ("steps run", lambda s, r: f"{s['steps_done']}/{s['steps_requested']}"),
             ("drift (meV/atom/ps)", lambda s, r: _fmt(s["drift_mev_atom_ps"])),
@@ -87,16 +140,17 @@ def _render(runs: list[dict[str, Any]], settings: MDSettings) -> None:
 @app.command("md")
 def md(
     models: ModelsArgument = None,
-    data: Annotated[str, typer.Option("--data", help="Start from a frame of: rmd17 (the model's molecule, test split), rmd17:<molecule>, or a file.")] = "rmd17",
+    data: Annotated[Optional[str], typer.Option("--data", help="Start from a frame of: rmd17 (the model's molecule, test split), rmd17:<molecule>, universal, or a file (cells are kept). Default: rmd17 for a model with a molecule; for one without (SevenNet), a 64-atom silicon crystal.", show_default=False)] = None,
     frame: Annotated[int, typer.Option("--frame", min=0, help="Index of the starting frame in --data (or in --structure).")] = 0,
-    structure: Annotated[Optional[Path], typer.Option("--structure", help="Start from this structure file (any format ASE reads) instead of --data.")] = None,
+    structure: Annotated[Optional[Path], typer.Option("--structure", help="Start from this structure file (any format ASE reads; a periodic cell runs at fixed cell) instead of --data.")] = None,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Maxwell-Boltzmann start temperature in K.")] = 300.0,
     timestep: Annotated[float, typer.Option("--dt", min=0.01, max=10.0, help="Time step in fs.")] = 0.5,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Velocity-Verlet steps.")] = 2000,
     log_every: Annotated[int, typer.Option("--log-every", min=1, help="Steps between trajectory frames / JSON series points.")] = 10,
-    blowup_distance: Annotated[float, typer.Option("--blowup-distance", min=0.1, help="Stop when an atom is farther than this from the centroid (Angstrom).")] = 10.0,
+    blowup_distance: Annotated[float, typer.Option("--blowup-distance", min=0.1, help="Stop when an atom is farther than this from the centroid (a molecule) or from its start (a periodic cell), Angstrom.")] = 10.0,
     trajectory: Annotated[Optional[Path], typer.Option("--trajectory", help="Write an ASE .traj (several models: NAME_1.traj, NAME_2.traj, ... in argument order).")] = None,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models: conservative (-dE_s/dx of the model with activation rounding off, so the dynamics conserve E_s + E_kin) or ste (straight through the rounding, as the file's eval does: not conservative, drifts). FP32 and weight-only models are exact either way.")] = ForceMode.CONSERVATIVE,
+    modal: ModalOption = None,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -110,11 +164,12 @@ def md(
 
     if threads:
         torch.set_num_threads(threads)
-    loaded: list[LoadedModel] = [load_model(p, trust_pickle, force_mode) for p in (models or [None])]
-    numbers, positions, origin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
+    loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal)
+    begin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
-    start = initial_state(numbers, positions, temperature, seed)
+    start = initial_state(begin.numbers, begin.positions, temperature, seed, begin.cell, begin.pbc)
+    origin = begin.origin
     calculators = [GAQCalculator(m, force_mode=None) for m in loaded]  # loaded in force_mode above
     for calc in calculators:
         calc.check_atoms(start)  # unknown elements fail before any dynamics
@@ -123,16 +178,19 @@ def md(
     runs = []
     with progress(json_output) as bar:
         for k, (m, calc, traj) in enumerate(zip(loaded, calculators, _trajectory_paths(trajectory, len(loaded))), 1):
-            task = bar.add_task(f"[{k}] {m.path.name}", total=steps, info=m.label)
+            task = bar.add_task(f"[{k}] {display_name(m)}", total=steps, info=m.label)
             result = run_nve(start, calc, settings, lambda n: bar.update(task, advance=n))
             if traj is not None:
                 write_trajectory(traj, result.snapshots)
-            runs.append({"path": str(m.path), "label": m.label, "kind": m.kind, "summary": result.summary(),
+            runs.append({"path": str(m.path), "name": display_name(m), "label": m.label, "kind": m.kind,
+                         "summary": result.summary(),
                          "series": result.series(), "trajectory": str(traj) if traj else None})
     if json_output:
-        print_json({"start": origin, "num_atoms": len(numbers), "settings": settings.__dict__, "runs": runs})
+        print_json({"start": origin, "num_atoms": len(start), "periodic": begin.periodic,
+                    "cell": begin.cell.tolist() if begin.periodic else None,
+                    "settings": settings.__dict__, "runs": runs})
         return
-    _render(runs, settings)
+    _render(runs, settings, begin.periodic)
     for run in runs:
         if run["trajectory"]:
             console.print(f"wrote {run['trajectory']}", highlight=False)
