@@ -1,5 +1,5 @@
 """How much of FP32 energy + forces is matrix products at all: the Amdahl bound on what int8
-GEMMs can buy for the reference potential (issue 6's 2x target).
+GEMMs can buy for the reference potential (against a 2x speed-up target).
 
     python benchmarks/gemm_share.py [--threads 2] [--batch-size 32] [--repeats 3]
 

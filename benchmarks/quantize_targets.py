@@ -1,4 +1,4 @@
-"""Issue targets of `gaqtool quantize` on the embedded aspirin model, measured in one run.
+"""Targets of `gaqtool quantize` on the embedded aspirin model, measured in one run.
 
 For FP32, weight-only, naive and GAQ (MDDQ) quantization: energy/force MAE on the rMD17 test
 frames, LEE (finite Haar rotations, FP32 floor beside it), file sizes; and the wall time of the

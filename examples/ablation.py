@@ -73,7 +73,7 @@ def main() -> None:
     def qat(fp32, config, warmup, name, parent_name):
         options = QATOptions(epochs=args.qat_epochs, vector_warmup=warmup, learning_rate=1e-4, seed=0)
         # QAT starts from min-max weight steps rounded to nearest at lr 1e-4 (the CLI's QAT start
-        # before 0.1.4 and its rate before 0.1.5; the README's ablation table was measured so; the
+        # before 0.1.4 and its rate before 0.1.5; the ablation table in docs/studies-aspirin.md was measured so; the
         # CLI now starts QAT from GPTQ-rounded weights at 5e-4)
         config = config.replace(weight_clip="minmax", weight_rounding="nearest")
         model = run_qat(fp32, config, train, val, train, options).model

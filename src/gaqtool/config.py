@@ -101,7 +101,7 @@ DEFAULT_KEEP_FP32: tuple[str, ...] = ("role:species_embedding",)
 # cheap to keep wider. In the reference potential this is the first layer of every radial MLP
 # (8 Bessel functions -> 64): forces are derivatives of the radial functions, and a rounding
 # error on the n-th Bessel weight enters them ~n times amplified. Measured on the embedded
-# aspirin model (README): W4A8 force MAE 76 -> ~58 meV/A for ~770 bytes.
+# aspirin model (docs/studies-aspirin.md): W4A8 force MAE 76 -> ~58 meV/A for ~770 bytes.
 SMALL_FAN_IN_BITS = 8
 
 # Modules whose weights use SMALL_FAN_IN_BITS whatever their fan-in (roles or path patterns).

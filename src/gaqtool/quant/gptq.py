@@ -25,7 +25,7 @@ weights rounded to nearest and activation rounding off, so each layer sees the i
 once the layers before it are quantized (in development probes this did clearly better than H
 from the FP32 model's inputs, and as well as re-collecting every layer's inputs after rounding
 the layers before it, sequential GPTQ, at 1/20 of the cost). Measured effect on forces:
-``benchmarks/gptq_ablation.py`` and the README.
+``benchmarks/gptq_ablation.py`` and docs/studies-aspirin.md.
 """
 
 from __future__ import annotations
