@@ -44,21 +44,54 @@ def module_entries(qfile) -> dict[str, dict]:
     return entries
 
 
+def model_summary(qfile) -> dict:
+    """Architecture, name, fidelity and molecule of the stored model, and the FP32 source it
+    was quantized from (as the file's report records it)."""
+    config = qfile.model_config
+    source = dict((getattr(qfile, "report", None) or {}).get("source") or {})
+    return {"architecture": config.get("architecture", "gaqtool"), "name": config.get("name"),
+            "modal": config.get("modal", source.get("modal")), "molecule": config.get("molecule"),
+            "source": source or None}
+
+
+def _weights(entry: dict) -> str:
+    if entry.get("weight_bits"):
+        count = entry.get("num_weights")
+        return f"int{entry['weight_bits']}" + (f" x {count}" if count else "")
+    return "fp32" if entry.get("status") == "fp32" else "-"
+
+
+def _modules_table(modules: dict[str, dict]) -> Table:
+    table = Table(title="modules")
+    for col in ("module", "kind", "weights", "note"):
+        table.add_column(col, overflow="fold")
+    for module, entry in modules.items():
+        note = entry.get("reason", "")
+        if entry.get("rounding"):
+            note = f"{entry['rounding']} rounding" + (f"; {note}" if note else "")
+        table.add_row(module, entry.get("kind", ""), _weights(entry), note)
+    return table
+
+
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="Quantized .safetensors file written by `gaqtool quantize`.")],
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
+    modules: Annotated[bool, typer.Option("--modules/--no-modules", help="List every module with its weight bits.")] = True,
     json_output: JsonOption = False,
 ) -> None:
-    """Show the header, metadata and per-tensor bits and bytes of a quantized file."""
+    """Show the header, metadata, source model, per-module bits and per-tensor bits and bytes
+    of a quantized file."""
     qfile = read_header(path)
     rows = tensor_rows(qfile)
+    model = model_summary(qfile)
     summary = {
         "path": str(path), "file_bytes": path.stat().st_size,
         "tensor_bytes": sum(r["bytes"] for r in rows),
         "header_bytes": path.stat().st_size - sum(r["bytes"] for r in rows),
         "metadata": {k: (json.loads(v) if k in ("gaqtool.model_config", "gaqtool.quant_config") else v)
                      for k, v in qfile.raw_metadata.items() if k not in ("gaqtool.plan", "gaqtool.report")},
+        "model": model,
         "modules": module_entries(qfile),
         "tensors": rows,
     }
@@ -72,9 +105,18 @@ def inspect(
                   f"{format_bytes(summary['header_bytes'])} header)", highlight=False)
     console.print(f"method {config.method.value} {config.bits_label}, group size {config.group_size or 'per-channel'}, "
                   f"weights {config.weight_clip.value}-clipped, {config.weight_rounding.value} rounding, "
-                  f"observer {config.observer.value}, directions {config.direction_mode.value}; "
-                  f"molecule {qfile.model_config.get('molecule', '?')}; source sha256 "
+                  f"observer {config.observer.value}, directions {config.direction_mode.value}",
+                  highlight=False)
+    source = model["source"] or {}
+    described = ", ".join(part for part in (
+        f"model {model['architecture']}" + (f" ({model['name']})" if model["name"] else ""),
+        f"modal {model['modal']}" if model["modal"] else "",
+        f"molecule {model['molecule']}" if model["molecule"] else "no molecule (universal)",
+        f"quantized from {source.get('name') or source.get('path') or '?'}") if part)
+    console.print(f"{described}; source sha256 "
                   f"{qfile.raw_metadata.get('gaqtool.source_sha256', '?')[:16]}…", highlight=False)
+    if modules:
+        console.print(_modules_table(summary["modules"]))
     if tensors:
         table = Table(title="tensors")
         for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("bits", "right"), ("bytes", "right")):
