@@ -30,7 +30,7 @@ import typer
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json
-from gaqtool.cli.options import ForceModeOverrideOption, JsonOption
+from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, ModalOption
 from gaqtool.errors import InputError
 
 CONFIGS = ("fp32", "bf16", "fake-quant", "int8", "int8-eager")
@@ -74,6 +74,20 @@ def bench_systems(frames, cutoff: float, batch_size: int, cluster_molecules: int
     systems.append((f"{cluster_molecules}-aspirin grid", Batch(numbers, positions, molecule, 1, src, dst),
                     f"{cluster_molecules} aspirins centred on a grid {spacing:g} A apart, one system"))
     return systems
+
+
+def crystal_system(cutoff: float):
+    """(name, batch, description) of a 64-atom Si diamond cell (periodic), for universal models."""
+    import numpy as np
+    from ase.build import bulk
+
+    from gaqtool.data.graph import structures_batch
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.05, seed=0)
+    batch = structures_batch([atoms.numbers], [atoms.positions], [np.array(atoms.cell[:])],
+                             [atoms.pbc.copy()], cutoff)
+    return ("Si 64 (periodic)", batch, "2x2x2 cubic Si diamond cell, rattled 0.05 A")
 
 
 def _freeze(model):
@@ -213,22 +227,22 @@ def _ratios(results: list[dict]) -> dict:
     return ratios
 
 
-def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_mode=None):
+def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_mode=None, modal=None):
     from gaqtool.config import QuantConfig
-    from gaqtool.data.frames import read_npz
-    from gaqtool.data.spec import sample_path
+    from gaqtool.data.spec import default_spec, resolve_data
     from gaqtool.io.loading import load_model
     from gaqtool.workflow import quantize_loaded
 
-    fp32 = load_model(fp32_path)
+    fp32 = load_model(fp32_path, modal=modal)
     if fp32.kind != "fp32":
         raise InputError(f"{fp32.path} is a quantized file, the first argument is the FP32 model",
                          hint="gaqtool bench FP32_MODEL.pt [QUANTIZED.safetensors]")
     if quantized_path is None:
         config = QuantConfig.from_preset("w4a8", **({"force_mode": force_mode} if force_mode else {}))
-        quantized, _ = quantize_loaded(fp32.model, config, read_npz(sample_path("train")))
+        calibration = resolve_data(default_spec(fp32.molecule), "train", None, fp32.molecule)
+        quantized, _ = quantize_loaded(fp32.model, config, calibration.frames)
         return fp32, quantized, (f"gaq w4a8, {config.force_mode.value} forces, quantized on the fly "
-                                 "(32 shipped aspirin training frames)")
+                                 f"({calibration.description})")
     loaded = load_model(quantized_path, force_mode=force_mode)
     if loaded.kind != "quantized":
         raise InputError(f"{loaded.path} is not a quantized file",
@@ -245,18 +259,24 @@ def _render(data: dict) -> None:
     table = Table(title=f"energy + forces, {data['threads']} threads, {data['cpu']}",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("system", "config", "ms", "x fp32", "MB", "mem", "dE", "dF"):
-        table.add_column(col, justify="left" if col in ("system", "config") else "right", no_wrap=True)
+        text = col in ("system", "config")
+        table.add_column(col, justify="left" if text else "right", no_wrap=not text,
+                         overflow="fold" if text else "ellipsis")
+    failures = []
     for r in data["results"]:
         ratio = data["ratios"].get(r["config"], {}).get(r["system"], {})
         if r["status"] != "ok":
-            table.add_row(r["system"], r["config"], r["status"], "", "", "", "", "")
+            failures.append(f"{r['config']} on {r['system']}: {r['status']}")
+            table.add_row(r["system"], r["config"], "failed", "", "", "", "", "")
             continue
         table.add_row(r["system"], r["config"], f"{r['median_s'] * 1e3:.1f}",
                       f"{ratio['speedup']:.2f}x" if ratio else "1",
                       f"{r['peak_bytes'] / 1e6:.1f}" if "peak_bytes" in r else "-",
                       f"{ratio['memory']:.2f}x" if "memory" in ratio else ("1" if not ratio else "-"),
-                      f"{r['max_abs_energy_error_meV']:.2f}", f"{r['max_abs_force_error_meV_per_A']:.2f}")
+                      f"{r['max_abs_energy_error_meV']:.3g}", f"{r['max_abs_force_error_meV_per_A']:.3g}")
     console.print(table)
+    for failure in failures:
+        console.print(f"[yellow]{failure}[/]", highlight=False, soft_wrap=False)
     console.print(f"[dim]quantized: {data['quantized']}. ms: median of {data['repeats']} runs after "
                   f"{data['warmup']} warm-up; x fp32: speedup; MB: model tensors + peak allocated "
                   "during one call; mem: vs fp32; dE (meV), dF (meV/A): max deviation from fp32[/]", highlight=False)
@@ -264,7 +284,7 @@ def _render(data: dict) -> None:
 
 @app.command()
 def bench(
-    fp32_model: Annotated[Optional[Path], typer.Argument(help="FP32 checkpoint (.pt). Default: the embedded aspirin model.", show_default=False)] = None,
+    fp32_model: Annotated[Optional[Path], typer.Argument(help="FP32 model: checkpoint (.pt, SevenNet .pth) or named model (sevenn:7net-0). Default: the embedded aspirin model.", show_default=False)] = None,
     quantized_file: Annotated[Optional[Path], typer.Argument(help="Quantized .safetensors of that model. Default: quantize it on the fly (gaq w4a8) in memory.", show_default=False)] = None,
     configs: Annotated[Optional[List[str]], typer.Option("--config", help=f"Configuration to run; repeatable; one of {', '.join(CONFIGS)} (fp32 always runs). Default: fp32, bf16, fake-quant, int8.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per configuration and system (median reported).")] = 10,
@@ -275,6 +295,7 @@ def bench(
     spacing: Annotated[float, typer.Option("--spacing", min=1.0, help="Grid spacing of the cluster system, Angstrom.")] = 8.0,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also measure peak memory (one profiled call each).")] = True,
     force_mode: ForceModeOverrideOption = None,
+    modal: ModalOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Median latency and peak memory of energy + forces: FP32, bf16, fake-quant and int8 kernels."""
@@ -288,9 +309,13 @@ def bench(
     if unknown:
         raise InputError(f"unknown --config {', '.join(unknown)}", hint=f"choose from {', '.join(CONFIGS)}")
     torch.set_num_threads(threads)
-    fp32, quantized, note = _load_pair(fp32_model, quantized_file, force_mode)
-    systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, batch_size,
-                            cluster_molecules, spacing)
+    fp32, quantized, note = _load_pair(fp32_model, quantized_file, force_mode, modal)
+    if fp32.molecule is None:  # a universal model: one molecule and one periodic crystal
+        systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, 1, 1, spacing)[:1]
+        systems.append(crystal_system(fp32.model.cutoff))
+    else:
+        systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, batch_size,
+                                cluster_molecules, spacing)
     on_step = None if json_output else (lambda s: console.print(f"[dim]running {s}[/]", highlight=False))
     data = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "fp32_model": str(fp32.path), "quantized": note, "repeats": repeats, "warmup": warmup,
