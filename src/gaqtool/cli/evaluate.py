@@ -114,7 +114,8 @@ def recorded_parent(loaded: LoadedModel, trust_pickle: bool = False,
             reasons.append(f"{name}: {exc.message}")
         else:
             if file_sha256(parent.path) == sha:
-                parent.info["found"] = f"{name}, the named model the file records"
+                with_modal = f"{name} (modal {modal})" if modal else name
+                parent.info["found"] = f"{with_modal}, the named model the file records"
                 cache[sha] = parent
                 return parent, parent.info["found"]
             reasons.append(f"{name} of this installation is not the checkpoint {loaded.path.name} "
@@ -323,7 +324,7 @@ def _render(report: dict[str, Any]) -> None:
             console.print(note, highlight=False)
     if teacher:
         t = teacher["metrics"]
-        console.print(_metrics_table(f"vs FP32 parent, {_count(t['num_frames'])}", t))
+        console.print(_metrics_table(f"vs {teacher['role']}, {_count(t['num_frames'])}", t))
     if report["worst"]:
         worst = Table(title=f"{len(report['worst'])} frames with the largest force MAE")
         for name in ("frame", "against", "force MAE (meV/A)", "|energy error| (meV)"):
@@ -404,9 +405,11 @@ def evaluate(
                               "label": parent.label, "found": how},
                    "frames": without,
                    "metrics": deviation_metrics(_take(pred, without), parent_pred, sub)}
-        notes.append(f"compared with the FP32 parent {display_name(parent)} (no labels): "
+        role = "the FP32 parent" if loaded.kind == "quantized" else "the --fp32 model"
+        notes.append(f"compared with {role} {display_name(parent)} (no labels): "
                      f"{_describe(frames, without)}")
-        notes.append(f"FP32 parent: {how}")
+        notes.append(f"{role[4:]}: {how}")
+        teacher["role"] = role[4:]
     elif without:
         notes.append(f"not evaluated (no labels, no FP32 parent): {_describe(frames, without)}; "
                      f"{how}; --fp32 names a model to compare them with")
