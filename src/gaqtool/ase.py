@@ -95,11 +95,12 @@ class GAQCalculator(Calculator):
         self.check_atoms(self.atoms)
         batch = atoms_to_batch(self.atoms, self.cutoff, self.device, model_dtype(self.model))
         periodic = bool(np.any(self.atoms.pbc))
-        prediction, conserved = energies_forces_conserved(self.model, batch, stress=periodic)
+        want_stress = periodic and "stress" in properties  # a strain derivative costs time per MD step
+        prediction, conserved = energies_forces_conserved(self.model, batch, stress=want_stress)
         energy = float(prediction.energies.detach()[0].cpu())
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": prediction.forces.detach().cpu().double().numpy(),
                         "conserved_energy": float(conserved[0].cpu())}
-        if periodic:
+        if want_stress:
             s = prediction.stress.detach()[0].cpu().double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

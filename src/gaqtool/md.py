@@ -221,7 +221,8 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
         reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None,
                                start_positions)
         if step % settings.log_every == 0 or step == settings.steps or reason:
-            snapshots.append(_snapshot(atoms, energy, forces, atoms.calc.results.get("stress")))
+            stress = atoms.get_stress() if atoms.pbc.any() else None  # logged steps only
+            snapshots.append(_snapshot(atoms, energy, forces, stress))
         if reason:
             reason = f"step {step}: {reason}"
             break

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -110,38 +109,6 @@ def _frames_for(molecule: str | None, data: str, rmd17_dir, num_frames: int, cac
     return cache[key]
 
 
-def localization_rotates_cells() -> bool:
-    """Whether ``gaqtool.metrics.localization`` rotates the lattice vectors with the atoms (a
-    periodic structure is only rotated as a whole if it does; its per-module errors are
-    meaningless otherwise)."""
-    import torch
-
-    from gaqtool.data.graph import structures_batch
-    from gaqtool.metrics.localization import rotate_batch
-
-    batch = structures_batch([np.array([14])], [np.zeros((1, 3))], [np.eye(3) * 4.0],
-                             [np.ones(3, dtype=bool)], 1.0)
-    quarter_turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    return not torch.allclose(rotate_batch(batch, quarter_turn).cell, batch.cell)
-
-
-def _localization_frames(first: Frames, every: Frames, num_frames: int, data: str,
-                         notes: list[str]) -> Frames:
-    """The frames --localize measures: the LEE frames, or, while localization cannot rotate
-    cells, the first ``num_frames`` structures of ``data`` without periodic boundaries."""
-    periodic = [bool(np.any(first.periodic(i))) for i in range(len(first))]
-    if not any(periodic) or localization_rotates_cells():
-        return first
-    molecules = [i for i in range(len(every)) if not np.any(every.periodic(i))][:num_frames]
-    if not molecules:
-        raise InputError(f"--localize cannot rank modules on the periodic frames of {data}: the "
-                         "module-level check rotates atoms but not cells",
-                         hint="add --data with molecules, e.g. --data rmd17:aspirin")
-    notes.append(f"--localize: periodic frames left out (cells are not rotated there); "
-                 f"{len(molecules)} molecule frames of {data} used")
-    return every.subset(molecules)
-
-
 def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -196,10 +163,8 @@ def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_
     cache: dict = {}
     for row in rows:  # data and elements first: no error after minutes of measuring
         loaded: LoadedModel = row["model"]
-        row["frames"], every = _frames_for(loaded.molecule, data, rmd17_dir, num_frames, cache, notes)
+        row["frames"], _ = _frames_for(loaded.molecule, data, rmd17_dir, num_frames, cache, notes)
         check_elements(loaded, row["frames"], data)
-        if localize and row["argument"]:
-            row["localize_frames"] = _localization_frames(row["frames"], every, num_frames, data, notes)
     total = len(rows) * rotations + (sum(r["argument"] for r in rows) * rotations if localize else 0)
     with progress(json_output) as bar:
         task = bar.add_task("LEE", total=total, info="")
@@ -210,9 +175,8 @@ def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_
             row["lee"] = local_equivariance_error(loaded.model, frames, rotations, seed,
                                                   on_progress=lambda n: bar.update(task, advance=n))
             if localize and row["argument"]:
-                local_frames = row.pop("localize_frames")
                 row["localization"] = localize_equivariance(
-                    loaded.model, local_frames, rotations, seed, batch_size=len(local_frames),
+                    loaded.model, frames, rotations, seed, batch_size=len(frames),
                     on_progress=lambda n: bar.update(task, advance=n))
 
 

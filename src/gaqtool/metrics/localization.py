@@ -68,7 +68,8 @@ def _input_irreps(module: nn.Module) -> list[o3.Irreps | str | None]:
 
 
 def rotate_batch(batch: Batch, rotation: torch.Tensor) -> Batch:
-    """The batch with every molecule rotated about its centroid; same atoms, same edge list.
+    """The batch with every structure rotated about its centroid, lattice vectors (rows) too;
+    same atoms, same edge list and cell offsets.
 
     rotation: (3, 3) float rotation matrix (cartesian xyz).
     """
@@ -77,7 +78,8 @@ def rotate_batch(batch: Batch, rotation: torch.Tensor) -> Batch:
         0, batch.molecule_index, batch.positions) / counts
     center = centroid.index_select(0, batch.molecule_index)  # (n, 3)
     positions = (batch.positions - center) @ rotation.to(batch.positions.dtype).T + center
-    return replace(batch, positions=positions)
+    cell = None if batch.cell is None else batch.cell @ rotation.to(batch.cell.dtype).T
+    return replace(batch, positions=positions, cell=cell)
 
 
 class _Recorder:
