@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("specs", nargs="*", help="name=JSON options (variants)")
     parser.add_argument("--model", default="sevenn:7net-0")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
     fp32 = load_model(args.model).model
