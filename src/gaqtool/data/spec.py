@@ -130,12 +130,12 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
         frames = universal_frames(part)
         crystals = int(sum(1 for p in frames.pbc if p.any()))
         note = (f"gaqtool universal set, {part} part: {crystals} strained and rattled crystals "
-                f"(compared with the FP32 parent) and {len(frames) - crystals} rMD17 aspirin frames "
-                "(DFT labels)")
+                f"(no labels) and {len(frames) - crystals} rMD17 aspirin frames (DFT labels)")
         return DataSelection(frames, note, f"universal set ({part}): {len(frames)} structures")
     if not (spec == "rmd17" or spec.startswith("rmd17:")):
         frames = read_frames(Path(spec))
-        return DataSelection(frames, f"{len(frames)} frames from {spec}", f"{len(frames)} frames of {Path(spec).name}")
+        count = f"{len(frames)} frame{'s' if len(frames) != 1 else ''}"
+        return DataSelection(frames, f"{count} from {spec}", f"{count} of {Path(spec).name}")
     molecule = spec.split(":", 1)[1] if ":" in spec else default_molecule
     if not molecule:
         raise DataError("no molecule given for --data rmd17",
