@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from gaqtool.data.graph import Batch
@@ -89,13 +90,24 @@ def energy_and_forces(model: torch.nn.Module, batch: Batch, create_graph: bool =
     return prediction.energies, prediction.forces
 
 
-def check_species(numbers: torch.Tensor, species: list[int], model_name: str = "the model") -> None:
-    """Raise ``UnknownElementError`` (a ValueError) naming the elements outside ``species``."""
-    unknown = sorted(set(int(z) for z in numbers.unique().tolist()) - set(int(s) for s in species))
-    if unknown:
-        from ase.data import chemical_symbols
+def check_species(numbers, species: list[int], model_name: str = "the model", where: str = "") -> None:
+    """Raise ``UnknownElementError`` (a ValueError) naming the elements of ``numbers`` (tensor or
+    array of atomic numbers) outside ``species``; ``where`` (e.g. 'frame 3 of x.xyz') is
+    appended to the message."""
+    from ase.data import chemical_symbols
 
-        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols) else f"Z={z}"
-                          for z in unknown)
-        raise UnknownElementError(f"{model_name} has no parameters for element(s) {names}",
-                                  hint="use structures of the elements the model was trained on")
+    known = sorted(int(z) for z in species)
+    values = numbers.detach().cpu().numpy() if isinstance(numbers, torch.Tensor) else np.asarray(numbers)
+    unknown = sorted({int(z) for z in np.unique(values)} - set(known))
+    if not unknown:
+        return
+
+    def symbol(z: int) -> str:
+        return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+    names = ", ".join(f"{symbol(z)} (Z={z})" if 0 < z < len(chemical_symbols) else f"Z={z}" for z in unknown)
+    allowed = (", ".join(symbol(z) for z in known) if len(known) <= 12 else
+               f"{len(known)} elements, {symbol(known[0])} to {symbol(known[-1])}")
+    raise UnknownElementError(f"{model_name} has no parameters for element(s) {names}"
+                              + (f" ({where})" if where else ""),
+                              hint=f"use structures of the elements the model knows ({allowed})")

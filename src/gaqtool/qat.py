@@ -210,8 +210,9 @@ def qat_loss(options: QATOptions, rng: np.random.Generator) -> Callable[[nn.Modu
 def teacher_targets(fp32: nn.Module, frames: Frames) -> Frames:
     """``frames`` with energies (eV) and forces (eV/A) replaced by the FP32 parent's predictions."""
     pred = predict(fp32.eval(), frames)
-    return replace(frames, energies=pred.energies.copy(), forces=[f.copy() for f in pred.forces],
-                   source=f"FP32 teacher predictions on {frames.source}")
+    labelled = frames.with_labels(pred.energies.copy(), [f.copy() for f in pred.forces], pred.stresses)
+    labelled.source = f"FP32 teacher predictions on {frames.source}"
+    return labelled
 
 
 def run_qat(fp32: nn.Module, config: QuantConfig, train: Frames, val: Frames, calibration: Frames,

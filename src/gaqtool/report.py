@@ -28,14 +28,23 @@ def _ratio(a: float, b: float) -> str:
 REFERENCE_MISMATCH_MEV_PER_ATOM = 100.0
 
 
-def offset_note(acc: dict[str, Any]) -> str | None:
-    """A footnote for '*' energy rows, or None when no row needs one."""
-    fp32 = acc.get("fp32", acc)
-    for scope in (fp32, *(fp32[k] for k in ("crystals", "molecules") if k in fp32)):
-        offset = scope.get("energy_offset_mev_per_atom", 0.0)
-        if abs(offset) > REFERENCE_MISMATCH_MEV_PER_ATOM:
-            return (f"*: after removing the mean energy offset ({offset / 1000:.3g} eV/atom for "
-                    "FP32): the model's energy reference differs from the labels'.")
+KINDS = ("crystals", "molecules")
+"""Per-kind breakdowns that metrics dicts carry for mixed sets (``gaqtool.metrics.accuracy``)."""
+
+
+def reference_mismatch(scope: dict[str, Any]) -> bool:
+    """True when a metrics scope's mean energy error per atom says the model's energy reference
+    differs from the labels' (its '*' rows then show the offset-removed MAE)."""
+    return abs(scope.get("energy_offset_mev_per_atom", 0.0)) > REFERENCE_MISMATCH_MEV_PER_ATOM
+
+
+def offset_note(metrics: dict[str, Any], whose: str = "") -> str | None:
+    """A footnote for '*' energy rows of ``metrics`` (one model's accuracy dict), or None."""
+    for scope in (metrics, *(metrics[k] for k in KINDS if k in metrics)):
+        if reference_mismatch(scope):
+            return (f"*: after removing the mean energy offset "
+                    f"({scope['energy_offset_mev_per_atom'] / 1000:.3g} eV/atom{whose}): the "
+                    "model's energy reference differs from the labels'.")
     return None
 
 
@@ -45,10 +54,10 @@ def _label_rows(acc: dict[str, Any]) -> list[tuple[str, float, float]]:
     if not fp32.get("num_labelled", fp32.get("num_frames")) or "force_mae_mev_a" not in fp32:
         return []
     rows = []
-    scopes = [(k, f" {k}") for k in ("crystals", "molecules") if k in fp32] or [(None, "")]
+    scopes = [(k, f" {k}") for k in KINDS if k in fp32] or [(None, "")]
     for scope, suffix in scopes:
         a, b = (fp32[scope], quant[scope]) if scope else (fp32, quant)
-        if abs(a.get("energy_offset_mev_per_atom", 0.0)) > REFERENCE_MISMATCH_MEV_PER_ATOM:
+        if reference_mismatch(a):
             rows.append((f"energy MAE{suffix}* (meV)", a["energy_mae_mev_offset_removed"],
                          b["energy_mae_mev_offset_removed"]))
         else:
@@ -62,7 +71,7 @@ def _label_rows(acc: dict[str, Any]) -> list[tuple[str, float, float]]:
 def _deviation_rows(deviation: dict[str, Any]) -> list[tuple[str, float]]:
     """(label, value) rows of the quantized model's deviation from FP32, per kind if mixed."""
     rows = []
-    scopes = [(k, f" {k}") for k in ("crystals", "molecules") if k in deviation] or [(None, "")]
+    scopes = [(k, f" {k}") for k in KINDS if k in deviation] or [(None, "")]
     for scope, suffix in scopes:
         d = deviation[scope] if scope else deviation
         rows.append((f"|dE|{suffix} (meV/atom)", d["energy_mae_mev_per_atom"]))
@@ -96,7 +105,7 @@ def render_quantize_report(report: dict[str, Any], console: Console, show_module
     table.add_row("tensor bytes", format_bytes(size["fp32_tensor_bytes"]),
                   format_bytes(size["quantized_tensor_bytes"]), f"{size['tensor_ratio']:.2f}x")
     console.print(table)
-    note = offset_note(acc)
+    note = offset_note(acc["fp32"], " for FP32")
     if note:
         console.print(note, highlight=False)
     labelled = acc["fp32"].get("num_labelled", frames)

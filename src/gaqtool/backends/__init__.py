@@ -52,7 +52,7 @@ class Backend:
 
     name: str = ""
     architectures: tuple[str, ...] = ()  # values of config["architecture"] it rebuilds
-    install_hint: str = ""
+    name_hint: str = ""  # shown when a '<backend>:' source names no model
 
     def safe_globals(self) -> list:
         """Extra classes/functions ``torch.load(weights_only=True)`` may construct for this
@@ -109,7 +109,7 @@ def backend_for_name(source: str) -> tuple[Backend, str] | None:
     if not sep or prefix not in BACKEND_MODULES or prefix == "gaqtool":
         return None
     if not rest:
-        raise ModelLoadError(f"no model name after '{prefix}:'", hint=get_backend(prefix).install_hint or None)
+        raise ModelLoadError(f"no model name after '{prefix}:'", hint=get_backend(prefix).name_hint or None)
     return get_backend(prefix), rest
 
 

@@ -16,6 +16,7 @@ module, so that forces and stress come from gaqtool's shared autograd path
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -49,8 +50,9 @@ PRETRAINED: dict[str, tuple[str, str]] = {
 _SKIPPED_MODULES = ("EdgePreprocess", "ForceOutput", "ForceStressOutput", "ForceStressOutputFromEdge")
 
 
+@functools.lru_cache(maxsize=None)
 def _sevenn():
-    """Import sevenn's builder pieces, or raise a one-line install hint."""
+    """Import sevenn's builder pieces once, or raise a one-line install hint."""
     try:
         import sevenn._const as const
         import sevenn._keys as keys
@@ -185,7 +187,7 @@ class SevenNetPotential(nn.Module):
 class SevenNetBackend(Backend):
     name = "sevenn"
     architectures = (ARCHITECTURE,)
-    install_hint = "name one of: " + ", ".join(f"sevenn:{n}" for n in PRETRAINED)
+    name_hint = "name one of: " + ", ".join(f"sevenn:{n}" for n in PRETRAINED)
 
     def safe_globals(self) -> list:
         """numpy arrays, dtypes and the array-rebuilding function (numpy 2 moved
@@ -225,11 +227,10 @@ class SevenNetBackend(Backend):
         _, keys, compat, config_routine, build = _sevenn()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sevenn_config = config_routine(copy.deepcopy(payload["config"]))
-        sevenn_config = _from_json(_to_json(sevenn_config))
+            sevenn_config = _to_json(config_routine(copy.deepcopy(payload["config"])))
         display = display or path.stem
         modal = self._check_modal(sevenn_config, modal, display)
-        config = {"architecture": ARCHITECTURE, "sevenn_config": _to_json(sevenn_config),
+        config = {"architecture": ARCHITECTURE, "sevenn_config": sevenn_config,
                   "modal": modal, "energy_offset": 0.0, "name": display}
         model = self.build(config)
         try:

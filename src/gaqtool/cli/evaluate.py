@@ -23,14 +23,14 @@ from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOptio
                                  ThreadsOption, TrustPickleOption)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
-from gaqtool.errors import GaqtoolError, InputError, UnknownElementError
+from gaqtool.errors import GaqtoolError, InputError
 from gaqtool.io.atomic import atomic_write
 from gaqtool.io.loading import LoadedModel, file_sha256, load_model
 from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, deviation_metrics, predict
-from gaqtool.report import REFERENCE_MISMATCH_MEV_PER_ATOM
+from gaqtool.potential import check_species
+from gaqtool.report import KINDS, offset_note, reference_mismatch
 
 PLOT_FORMATS = ("png", "pdf", "svg")
-KINDS = ("crystals", "molecules")
 
 
 class Split(str, Enum):
@@ -159,20 +159,8 @@ def fp32_reference(loaded: LoadedModel, fp32: Optional[Path], trust_pickle: bool
 
 def check_elements(loaded: LoadedModel, frames: Frames, data: str) -> None:
     """UnknownElementError (one line) for the first frame with elements the model lacks."""
-    from ase.data import chemical_symbols
-
-    species = {int(z) for z in loaded.model.species}
     for k, numbers in enumerate(frames.numbers):
-        unknown = sorted({int(z) for z in np.unique(numbers)} - species)
-        if unknown:
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols)
-                              else f"Z={z}" for z in unknown)
-            known = sorted(species)
-            allowed = (", ".join(chemical_symbols[z] for z in known) if len(known) <= 12 else
-                       f"{len(known)} elements, {chemical_symbols[known[0]]} to {chemical_symbols[known[-1]]}")
-            raise UnknownElementError(
-                f"{display_name(loaded)} has no parameters for element(s) {names} (frame {k} of {data})",
-                hint=f"use structures of the elements the model knows ({allowed})")
+        check_species(numbers, loaded.model.species, display_name(loaded), f"frame {k} of {data}")
 
 
 # ------------------------------------------------------------------------------- frame errors
@@ -234,10 +222,6 @@ def _check_plot_path(plot: Optional[Path]) -> None:
                          hint="pip install matplotlib  (or: pip install 'gaqtool[plot]')") from None
 
 
-def _mismatch(scope: dict[str, Any]) -> bool:
-    return abs(scope.get("energy_offset_mev_per_atom", 0.0)) > REFERENCE_MISMATCH_MEV_PER_ATOM
-
-
 def write_parity_plot(path: Path, pred: Predictions, frames: Frames, title: str,
                       metrics: dict[str, float], reference: str = "reference") -> None:
     """Energy (meV, relative to the mean reference; each side's own mean when the energy
@@ -247,7 +231,7 @@ def write_parity_plot(path: Path, pred: Predictions, frames: Frames, title: str,
     fig = Figure(figsize=(10, 4.6), layout="constrained")
     ax_e, ax_f = fig.subplots(1, 2)
     offset = float(np.mean(frames.energies))
-    shifted = _mismatch(metrics)
+    shifted = reference_mismatch(metrics)
     pred_offset = float(np.mean(pred.energies)) if shifted else offset
     ref_e, pred_e = (frames.energies - offset) * 1000.0, (pred.energies - pred_offset) * 1000.0
     ref_f = np.concatenate([f.reshape(-1) for f in frames.forces])
@@ -274,7 +258,7 @@ def write_parity_plot(path: Path, pred: Predictions, frames: Frames, title: str,
 
 def _scope_rows(table: Table, scope: dict[str, Any], suffix: str = "") -> None:
     """MAE / RMSE rows of one metrics scope ('*': energy with the mean offset removed)."""
-    if _mismatch(scope):
+    if reference_mismatch(scope):
         table.add_row(f"energy{suffix}* (meV)", f"{scope['energy_mae_mev_offset_removed']:.4g}", "-")
     else:
         table.add_row(f"energy{suffix} (meV)", f"{scope['energy_mae_mev']:.4g}",
@@ -303,15 +287,6 @@ def _count(n: int) -> str:
     return f"{n} frame{'s' if n != 1 else ''}"
 
 
-def _offset_footnote(metrics: dict[str, Any]) -> str | None:
-    for scope in (metrics, *(metrics[k] for k in KINDS if k in metrics)):
-        if _mismatch(scope):
-            return (f"*: after removing the mean energy offset "
-                    f"({scope['energy_offset_mev_per_atom'] / 1000:.3g} eV/atom): the model's "
-                    "energy reference differs from the labels'.")
-    return None
-
-
 def _render(report: dict[str, Any]) -> None:
     model, m, teacher = report["model"], report["metrics"], report["teacher"]
     console.print(f"model: {model['name']} ({model['label']})", highlight=False)
@@ -319,7 +294,7 @@ def _render(report: dict[str, Any]) -> None:
         console.print(note, highlight=False)
     if m.get("num_labelled"):
         console.print(_metrics_table(f"vs labels, {_count(m['num_labelled'])}", m))
-        note = _offset_footnote(m)
+        note = offset_note(m)
         if note:
             console.print(note, highlight=False)
     if teacher:
@@ -421,7 +396,7 @@ def evaluate(
         for i, r in zip(with_labels, per_frame_errors(_take(pred, with_labels), labelled_frames)):
             kind = "crystals" if np.any(frames.periodic(i)) else "molecules"
             scope = metrics.get(kind, metrics)
-            if _mismatch(scope):  # the model's energy reference differs: remove the mean offset
+            if reference_mismatch(scope):  # the model's energy reference differs: remove the mean offset
                 signed = (pred.energies[i] - frames.energies[i]) * 1000.0
                 r["energy_error_mev_offset_removed"] = float(abs(
                     signed - scope["energy_offset_mev_per_atom"] * frames.num_atoms[i]))

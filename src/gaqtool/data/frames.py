@@ -70,14 +70,6 @@ class Frames:
     def has_force_labels(self) -> bool:
         return all(bool(np.all(np.isfinite(f))) for f in self.forces)
 
-    @property
-    def has_stress_labels(self) -> bool:
-        """True when every periodic frame has a finite stress label (and one is periodic)."""
-        if self.stresses is None or not self.any_periodic:
-            return False
-        return all(bool(np.all(np.isfinite(self.stresses[i])))
-                   for i in range(len(self)) if np.any(self.periodic(i)))
-
     def with_labels(self, energies: np.ndarray, forces: list[np.ndarray],
                     stresses: list[np.ndarray] | None) -> "Frames":
         """The same structures with other labels (e.g. an FP32 teacher's predictions)."""

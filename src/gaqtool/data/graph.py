@@ -30,7 +30,6 @@ class Batch:
     forces:         (n, 3) float reference forces in eV/Angstrom, or None
     cell:           (M, 3, 3) float lattice vectors as rows, Angstrom (zeros: no cell), or None
     edge_offsets:   (E, 3) float integer cell offsets of each edge's sender, or None (none)
-    stress:         (M, 3, 3) float64 reference stress, eV/A^3 (ASE sign), or None
     """
 
     numbers: torch.Tensor
@@ -43,7 +42,6 @@ class Batch:
     forces: torch.Tensor | None = None
     cell: torch.Tensor | None = None
     edge_offsets: torch.Tensor | None = None
-    stress: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """Copy of the batch on ``device``."""
@@ -55,11 +53,6 @@ class Batch:
     def num_atoms_per_molecule(self) -> torch.Tensor:
         """(M,) int64."""
         return torch.bincount(self.molecule_index, minlength=self.num_molecules)
-
-    @property
-    def periodic(self) -> bool:
-        """True when some edge crosses a cell boundary or some structure has a cell."""
-        return self.cell is not None and bool(self.cell.abs().sum() > 0)
 
     def edge_vectors(self) -> torch.Tensor:
         """(E, 3) vectors from each edge's receiver to its sender, x_src - x_dst + n_src . cell,
@@ -149,8 +142,6 @@ def make_batch(frames: Frames, indices, cutoff: float, dtype: torch.dtype = torc
                              cutoff, dtype)
     batch.forces = torch.from_numpy(np.concatenate([frames.forces[i] for i in idx])).to(dtype)
     batch.energies = torch.from_numpy(frames.energies[idx]).to(torch.float64)
-    if frames.stresses is not None:
-        batch.stress = torch.from_numpy(np.stack([frames.stresses[i] for i in idx])).to(torch.float64)
     return batch
 
 

@@ -19,7 +19,7 @@ from gaqtool.data.frames import Frames
 from gaqtool.data.graph import iterate_batches
 from gaqtool.potential import predict_batch
 
-__all__ = ["Predictions", "predict", "accuracy_metrics", "deviation_metrics", "as_labels"]
+__all__ = ["Predictions", "predict", "accuracy_metrics", "deviation_metrics"]
 
 
 @dataclass
@@ -52,11 +52,6 @@ def predict(model: torch.nn.Module, frames: Frames, batch_size: int = 16, cutoff
         if on_batch:
             on_batch(batch.num_molecules)
     return Predictions(np.concatenate(energies), forces, stresses if stress else None)
-
-
-def as_labels(frames: Frames, pred: Predictions) -> Frames:
-    """``frames`` labelled with ``pred`` (e.g. the FP32 parent's predictions: teacher mode)."""
-    return frames.with_labels(pred.energies, pred.forces, pred.stresses)
 
 
 def _errors(pred: Predictions, energies: np.ndarray, forces: list[np.ndarray],
