@@ -21,7 +21,7 @@ from gaqtool.config import ForceMode
 from gaqtool.data.graph import Batch, structures_batch
 from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
-from gaqtool.quant.apply import energies_forces_conserved, set_force_mode
+from gaqtool.quant.apply import dynamics_prediction, set_force_mode
 
 __all__ = ["GAQCalculator", "atoms_to_batch"]
 
@@ -52,17 +52,22 @@ class GAQCalculator(Calculator):
                    conserve E_s + E_kin), 'ste' (straight through the rounding; drifts), or None
                    for the mode stored in the file. Applied to the model in place
                    (``set_force_mode``); FP32 and weight-only models are exact either way.
-    free_energy is reported equal to energy (no electronic temperature). ``results`` also holds
-    ``conserved_energy`` (eV): the potential whose gradient the forces are (differs from
-    ``energy`` only for force mode 'conservative', where ``energy`` is the activation-quantized
-    E_q and ``conserved_energy`` is E_s; see ``gaqtool.quant.apply``).
+    quantized_energy: also put E_q (eV), the activation-quantized energy that ``gaqtool eval``
+                   measures, in ``results['quantized_energy']`` (one extra forward pass per call
+                   in force mode 'conservative'; off by default).
+    ``energy`` is the potential whose negative gradient ``forces`` are, so NVE conserves
+    ``energy`` + kinetic energy: for an activation-quantized file in force mode 'conservative'
+    (the default) that is E_s, the model with activation rounding off (only in mode 'ste' is it
+    E_q, with forces that are not its gradient). free_energy equals energy (no electronic
+    temperature).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
                  device: str = "cpu", trust_pickle: bool = False,
-                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE, **kwargs):
+                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE,
+                 quantized_energy: bool = False, **kwargs):
         super().__init__(**kwargs)
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
         if isinstance(path_or_model, torch.nn.Module):
@@ -74,6 +79,7 @@ class GAQCalculator(Calculator):
             self.model_name = f"{loaded.path.name} ({loaded.label})"
         if force_mode is not None and not from_file:  # load_model has applied it to files
             set_force_mode(self.model, force_mode)
+        self.quantized_energy = bool(quantized_energy)
         self.device = torch.device(device)
         self.model = self.model.to(self.device).eval()
         self.cutoff = float(self.model.cutoff)
@@ -96,11 +102,13 @@ class GAQCalculator(Calculator):
         batch = atoms_to_batch(self.atoms, self.cutoff, self.device, model_dtype(self.model))
         periodic = bool(np.any(self.atoms.pbc))
         want_stress = periodic and "stress" in properties  # a strain derivative costs time per MD step
-        prediction, conserved = energies_forces_conserved(self.model, batch, stress=want_stress)
+        prediction, energies_q = dynamics_prediction(self.model, batch, stress=want_stress,
+                                                     quantized_energy=self.quantized_energy)
         energy = float(prediction.energies.detach()[0].cpu())
         self.results = {"energy": energy, "free_energy": energy,
-                        "forces": prediction.forces.detach().cpu().double().numpy(),
-                        "conserved_energy": float(conserved[0].cpu())}
+                        "forces": prediction.forces.detach().cpu().double().numpy()}
+        if energies_q is not None:
+            self.results["quantized_energy"] = float(energies_q[0].cpu())
         if want_stress:
             s = prediction.stress.detach()[0].cpu().double().numpy()
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -4,11 +4,11 @@ A quantized potential whose forces are not the gradient of its energy, or that i
 up as a drift of the total energy E_total = E_pot + E_kin. Several models can be run from the
 same start (positions and seeded Maxwell-Boltzmann velocities) and compared.
 
-Two potentials are tracked per step: the reported one (what the calculator calls ``energy``)
-and the conserved one (``conserved_energy``: the potential whose negative gradient the forces
-are). They differ only for force mode 'conservative' of an activation-quantized model, where the
-dynamics integrate E_s (activation rounding off) while E_q is reported; ``drift`` is that of the
-conserved Hamiltonian, ``reported drift`` that of E_q + E_kin, and both are always shown.
+The energy tracked is the calculator's ``energy``, the potential whose negative gradient the
+forces are (for an activation-quantized file in force mode 'conservative': E_s, activation
+rounding off), so its drift measures energy conservation. E_q, the activation-quantized energy
+as ``eval`` measures it, is an optional diagnostic (``GAQCalculator(quantized_energy=True)``):
+how far E_q - E drifts along the trajectory.
 
 Periodic cells (crystals) run at fixed cell (NVE, no barostat); positions are not wrapped
 back into the cell, so displacements stay readable.
@@ -32,7 +32,8 @@ from ase.md.verlet import VelocityVerlet
 
 from gaqtool.io.atomic import atomic_write
 
-__all__ = ["MDSettings", "MDResult", "initial_state", "blowup_reason", "energy_drift", "run_nve",
+__all__ = ["MDSettings", "MDResult", "initial_state", "blowup_reason", "energy_drift",
+           "energy_scatter", "run_nve",
            "write_trajectory"]
 
 
@@ -60,8 +61,9 @@ class MDSettings:
 class MDResult:
     """One trajectory. Arrays have one entry per step run (step 0 included).
 
-    time_ps, potential_energy (reported) / conserved_potential_energy / kinetic_energy /
-    total_energy (conserved potential + kinetic) (eV), temperature (K): (S + 1,) float64.
+    time_ps, potential_energy (the calculator's ``energy``) / kinetic_energy (eV), temperature
+    (K): (S + 1,) float64. quantized_potential_energy: E_q (eV) per step when the calculator
+    reports ``quantized_energy``, else None.
     snapshots: Atoms every ``log_every`` steps (and the last one) with energy and forces attached.
     """
 
@@ -71,19 +73,14 @@ class MDResult:
     potential_energy: np.ndarray
     kinetic_energy: np.ndarray
     temperature: np.ndarray
-    conserved_potential_energy: np.ndarray
+    quantized_potential_energy: np.ndarray | None = None
     blowup: str | None = None
     snapshots: list[Atoms] = field(default_factory=list)
 
     @property
     def total_energy(self) -> np.ndarray:
-        """Conserved potential + kinetic energy (eV): constant up to integrator error for
-        conservative forces."""
-        return self.conserved_potential_energy + self.kinetic_energy
-
-    @property
-    def reported_total_energy(self) -> np.ndarray:
-        """Reported potential + kinetic energy (eV)."""
+        """Potential + kinetic energy (eV): constant up to integrator error for conservative
+        forces."""
         return self.potential_energy + self.kinetic_energy
 
     @property
@@ -91,43 +88,45 @@ class MDResult:
         return len(self.time_ps) - 1
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready numbers: drift (meV/atom/ps) and max |E_total - E_total(0)| (meV/atom) of
-        the conserved and of the reported Hamiltonian, how far E_reported - E_conserved moves from its
-        start value (max, meV/atom), ..."""
-        finite = np.isfinite(self.total_energy) & np.isfinite(self.reported_total_energy)
+        """JSON-ready numbers of E_total = E_pot + E_kin: drift (meV/atom/ps, slope of a linear
+        fit), max |E_total - E_total(0)| and the standard deviation about the fit (meV/atom);
+        with E_q also the drift of E_q + E_kin and how far E_q - E_pot moves from its start
+        value (max, meV/atom); temperatures (K); blow-up."""
+        finite = np.isfinite(self.total_energy)
         per_atom = 1000.0 / self.num_atoms
-
-        def max_deviation(total: np.ndarray) -> float | None:
-            deviation = np.abs(total[finite] - total[0]) * per_atom
-            return float(deviation.max()) if deviation.size else None
-
-        gap = self.reported_total_energy[finite] - self.total_energy[finite]  # E_reported - E_conserved
-        gap = np.abs(gap - gap[0]) * per_atom if gap.size else gap
-        return {
+        t, total = self.time_ps[finite], self.total_energy[finite]
+        deviation = np.abs(total - total[0]) * per_atom if total.size else total
+        summary = {
             "steps_requested": self.settings.steps, "steps_done": self.steps_done,
             "simulated_ps": float(self.time_ps[-1]),
-            "drift_mev_atom_ps": energy_drift(self.time_ps[finite], self.total_energy[finite], self.num_atoms),
-            "max_abs_energy_deviation_mev_atom": max_deviation(self.total_energy),
-            "reported_drift_mev_atom_ps": energy_drift(self.time_ps[finite], self.reported_total_energy[finite],
-                                                       self.num_atoms),
-            "reported_max_abs_energy_deviation_mev_atom": max_deviation(self.reported_total_energy),
-            "max_abs_gap_change_mev_atom": float(gap.max()) if gap.size else None,
+            "drift_mev_atom_ps": energy_drift(t, total, self.num_atoms),
+            "max_abs_energy_deviation_mev_atom": float(deviation.max()) if deviation.size else None,
+            "energy_std_about_fit_mev_atom": energy_scatter(t, total, self.num_atoms),
             "temperature_start_k": float(self.temperature[0]),
             "temperature_mean_k": float(np.nanmean(self.temperature)),
             "temperature_final_k": float(self.temperature[-1]),
             "blew_up": self.blowup is not None, "blowup_reason": self.blowup,
         }
+        if self.quantized_potential_energy is not None:
+            quantized_total = (self.quantized_potential_energy + self.kinetic_energy)[finite]
+            gap = quantized_total - total
+            gap = np.abs(gap - gap[0]) * per_atom if gap.size else gap
+            summary["quantized_energy_drift_mev_atom_ps"] = energy_drift(t, quantized_total, self.num_atoms)
+            summary["max_abs_gap_change_mev_atom"] = float(gap.max()) if gap.size else None
+        return summary
 
     def series(self) -> dict[str, list[float]]:
-        """Every ``log_every``-th point: time_ps, total (conserved) / reported total / potential
-        (reported) energy (eV), temperature (K)."""
+        """Every ``log_every``-th point: time_ps, total / potential energy (eV), temperature
+        (K), and the quantized potential energy (eV) when tracked."""
         idx = list(range(0, len(self.time_ps), self.settings.log_every))
         if idx[-1] != len(self.time_ps) - 1:
             idx.append(len(self.time_ps) - 1)
-        return {"time_ps": self.time_ps[idx].tolist(), "total_energy_ev": self.total_energy[idx].tolist(),
-                "reported_total_energy_ev": self.reported_total_energy[idx].tolist(),
-                "potential_energy_ev": self.potential_energy[idx].tolist(),
-                "temperature_k": self.temperature[idx].tolist()}
+        series = {"time_ps": self.time_ps[idx].tolist(), "total_energy_ev": self.total_energy[idx].tolist(),
+                  "potential_energy_ev": self.potential_energy[idx].tolist(),
+                  "temperature_k": self.temperature[idx].tolist()}
+        if self.quantized_potential_energy is not None:
+            series["quantized_potential_energy_ev"] = self.quantized_potential_energy[idx].tolist()
+        return series
 
 
 def initial_state(numbers: np.ndarray, positions: np.ndarray, temperature_k: float, seed: int,
@@ -187,6 +186,17 @@ def energy_drift(time_ps: np.ndarray, total_energy: np.ndarray, num_atoms: int) 
     return float(slope_ev_ps * 1000.0 / num_atoms)
 
 
+def energy_scatter(time_ps: np.ndarray, total_energy: np.ndarray, num_atoms: int) -> float | None:
+    """Standard deviation of E_total(t) about its least-squares line: meV/atom (None for < 3
+    points). The jitter that a drift slope alone does not show."""
+    if len(time_ps) < 3:
+        return None
+    t = np.asarray(time_ps, dtype=np.float64)
+    e = np.asarray(total_energy, dtype=np.float64) - total_energy[0]
+    residual = e - np.polyval(np.polyfit(t, e, 1), t)
+    return float(residual.std() * 1000.0 / num_atoms)
+
+
 def _snapshot(atoms: Atoms, energy: float, forces: np.ndarray, stress: np.ndarray | None = None) -> Atoms:
     copy = atoms.copy()
     extra = {} if stress is None else {"stress": np.array(stress)}
@@ -205,7 +215,7 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
     start_positions = atoms.positions.copy()
     atoms.calc = calculator
     dyn = VelocityVerlet(atoms, timestep=settings.timestep_fs * units.fs, logfile=None)
-    series: dict[str, list[float]] = {"t": [], "pot": [], "conserved": [], "kin": [], "temp": []}
+    series: dict[str, list[float]] = {"t": [], "pot": [], "quantized": [], "kin": [], "temp": []}
     snapshots: list[Atoms] = []
     max_temperature = settings.blowup_temperature_factor * max(settings.temperature_k, atoms.get_temperature())
     reason = None
@@ -215,7 +225,8 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
         series["t"].append(step * settings.timestep_fs / 1000.0)
         series["pot"].append(energy)
-        series["conserved"].append(float(atoms.calc.results.get("conserved_energy", energy)))
+        if "quantized_energy" in atoms.calc.results:
+            series["quantized"].append(float(atoms.calc.results["quantized_energy"]))
         series["kin"].append(atoms.get_kinetic_energy())
         series["temp"].append(atoms.get_temperature())
         reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None,
@@ -228,9 +239,9 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
             break
         if on_step and step:
             on_step(1)
+    quantized = np.array(series["quantized"]) if len(series["quantized"]) == len(series["t"]) else None
     return MDResult(len(atoms), settings, np.array(series["t"]), np.array(series["pot"]),
-                    np.array(series["kin"]), np.array(series["temp"]), np.array(series["conserved"]),
-                    reason, snapshots)
+                    np.array(series["kin"]), np.array(series["temp"]), quantized, reason, snapshots)
 
 
 def write_trajectory(path: Path | str, snapshots: list[Atoms]) -> Path:

@@ -168,10 +168,14 @@ def test_md_two_models_same_start(files):
 
 
 def test_md_uses_conservative_forces_unless_told_otherwise(files):
-    """The file stores 'ste'; md integrates E_s (activation rounding off) by default, so the
-    reported E_q moves against the conserved energy; with --force-mode ste the two are one."""
-    default = invoke("md", str(files["naive"]), "--steps", "10", "--json")["runs"][0]
-    straight = invoke("md", str(files["naive"]), "--steps", "10", "--force-mode", "ste", "--json")["runs"][0]
+    """The file stores 'ste'; md integrates and reports E_s (activation rounding off) by default,
+    so the E_q diagnostic moves against it; with --force-mode ste the two are one."""
+    default = invoke("md", str(files["naive"]), "--steps", "10", "--quantized-energy", "--json")["runs"][0]
+    straight = invoke("md", str(files["naive"]), "--steps", "10", "--force-mode", "ste",
+                      "--quantized-energy", "--json")["runs"][0]
+    plain = invoke("md", str(files["naive"]), "--steps", "10", "--json")["runs"][0]
+    assert "max_abs_gap_change_mev_atom" not in plain["summary"]
+    assert plain["summary"]["drift_mev_atom_ps"] == pytest.approx(default["summary"]["drift_mev_atom_ps"])
     assert default["label"].endswith("conservative forces") and straight["label"].endswith("ste forces")
     assert default["summary"]["max_abs_gap_change_mev_atom"] > 0
     assert straight["summary"]["max_abs_gap_change_mev_atom"] == 0

@@ -31,7 +31,8 @@ from gaqtool.quant.modules import QuantizedModule
 
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS", "fan_in",
            "register_handler", "module_roles", "activation_rounding_off", "set_force_mode",
-           "conservative_prediction", "energies_forces_conserved", "ROLE_PREFIX"]
+           "conservative_prediction", "uses_conservative_forces", "dynamics_prediction",
+           "ROLE_PREFIX"]
 
 ROLE_PREFIX = "role:"
 
@@ -231,40 +232,45 @@ def set_force_mode(model: nn.Module, mode: ForceMode | str) -> nn.Module:
     return model
 
 
-def conservative_prediction(model: nn.Module, batch, stress: bool = False, create_graph: bool = False,
-                            with_conserved: bool = False):
-    """Force mode 'conservative': E_q from the activation-quantized model (no gradient), forces
-    (and stress) the derivatives of E_s, the same model with activation rounding off (exactly
-    conservative).
-
-    Returns a ``Prediction`` with E_q (M,) eV, plus E_s (M,) eV when ``with_conserved``: the
-    potential energy that NVE dynamics driven by these forces conserve (E_s + E_kin).
-    """
+def conservative_prediction(model: nn.Module, batch, stress: bool = False, create_graph: bool = False
+                            ) -> Prediction:
+    """Force mode 'conservative' as evaluated (``eval``, reports, LEE): E_q (M,) eV from the
+    activation-quantized model (no gradient) beside the forces (and stress) of E_s, the same
+    model with activation rounding off, which are exactly conservative. Two forward passes."""
     with activation_rounding_off(model):
         smooth = autograd_prediction(model, batch, stress, create_graph)
     with torch.no_grad():
         energies = model(batch)
-    prediction = Prediction(energies, smooth.forces, smooth.stress)
-    if with_conserved:
-        return prediction, smooth.energies.detach()
-    return prediction
+    return Prediction(energies, smooth.forces, smooth.stress)
 
 
-def energies_forces_conserved(model: nn.Module, batch, stress: bool = False
-                              ) -> tuple[Prediction, torch.Tensor]:
-    """(prediction: reported energies, forces, stress; conserved potential energies (M,) eV).
-
-    The conserved potential is the energy whose negative gradient the forces are, so that
-    E_conserved + E_kin is what exact NVE dynamics keep constant: E_s for force mode
-    'conservative', the reported energy otherwise (FP32 and weight-only models are exact; for
-    'ste' forces of activation-quantized models no such energy exists and the drift of the
-    reported one measures the non-conservation).
-    """
+def uses_conservative_forces(model: nn.Module) -> bool:
+    """Whether ``model`` is activation-quantized with force mode 'conservative'."""
     custom = getattr(model, "compute_prediction", None)
-    if getattr(custom, "__func__", None) is conservative_prediction:
-        return conservative_prediction(model, batch, stress, with_conserved=True)
+    return getattr(custom, "__func__", None) is conservative_prediction
+
+
+def dynamics_prediction(model: nn.Module, batch, stress: bool = False, quantized_energy: bool = False
+                        ) -> tuple[Prediction, torch.Tensor | None]:
+    """The one potential that dynamics integrate: (energies (M,) eV, forces = -dE/dx (n, 3)
+    eV/A, stress) of the same energy, and optionally E_q (M,) eV.
+
+    Force mode 'conservative': the energy is E_s (activation rounding off) and forces and stress
+    are its derivatives, so E + E_kin is what NVE conserves; one energy + force pass, and no
+    activation rounding on the hot path. E_q, the activation-quantized energy that ``eval``
+    reports, costs one more forward pass and is computed only when ``quantized_energy``.
+    Otherwise (FP32, weight-only, force mode 'ste') the model as stored, and E_q is its energy.
+    """
+    if uses_conservative_forces(model):
+        with activation_rounding_off(model):
+            prediction = autograd_prediction(model, batch, stress)
+        energies_q = None
+        if quantized_energy:
+            with torch.no_grad():
+                energies_q = model(batch)
+        return prediction, energies_q
     prediction = predict_batch(model, batch, stress)
-    return prediction, prediction.energies.detach()
+    return prediction, prediction.energies.detach() if quantized_energy else None
 
 
 @torch.no_grad()
