@@ -13,6 +13,7 @@ import torch
 from gaqtool.config import QuantConfig, WeightRounding
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import iterate_batches
+from gaqtool.device import model_device
 from gaqtool.io.loading import LoadedModel, file_sha256
 from gaqtool.io.safetensors_io import file_tensors, save_quantized
 from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
@@ -43,6 +44,7 @@ def quantize_loaded(fp32: torch.nn.Module, config: QuantConfig, calibration: Fra
     """A quantized, calibrated deep copy of ``fp32`` (the original is left untouched)."""
     torch.manual_seed(config.seed)
     model, plan = quantize_model(copy.deepcopy(fp32).eval(), config)
+    model.to(model_device(fp32))  # the new quantized buffers were made on the CPU
     frames = calibration_subset(config, calibration)
     if config.weight_rounding == WeightRounding.GPTQ:
         rounded = set(gptq_(model, fp32, frames))

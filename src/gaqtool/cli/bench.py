@@ -4,6 +4,8 @@ Configurations (all with parameters frozen, so autograd tracks positions only):
   fp32        the FP32 model
   bf16        the FP32 model under ``torch.autocast('cpu', bfloat16)``
   fake-quant  the quantized model as stored: dequantized float weights, fake-quant activations
+  dynamics    the quantized model as ``md`` and ``GAQCalculator`` run it by default: force mode
+              'conservative', the energy whose gradient the forces are, in one pass
   int8        the quantized model with ``enable_integer_kernels`` (int8 GEMMs, compiled quant/dequant)
   int8-eager  the same with eager quant/dequant
 Systems: 1 aspirin; a batch of ``--batch-size`` aspirins (separate molecules); one system of
@@ -33,8 +35,8 @@ from gaqtool.cli.console import console, print_json
 from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, ModalOption
 from gaqtool.errors import InputError
 
-CONFIGS = ("fp32", "bf16", "fake-quant", "int8", "int8-eager")
-DEFAULT_CONFIGS = ["fp32", "bf16", "fake-quant", "int8"]
+CONFIGS = ("fp32", "bf16", "fake-quant", "dynamics", "int8", "int8-eager")
+DEFAULT_CONFIGS = ["fp32", "bf16", "fake-quant", "dynamics", "int8"]
 
 
 def cpu_description() -> str:
@@ -126,16 +128,22 @@ def peak_allocated_bytes(run: Callable[[], object]) -> int:
     return peak
 
 
-def energy_forces_call(model, batch, autocast: bool) -> Callable[[], tuple]:
-    """A function running energy + forces once: ((M,) float64 eV, (n, 3) float32 eV/A)."""
+def energy_forces_call(model, batch, autocast: bool, dynamics: bool = False) -> Callable[[], tuple]:
+    """A function running energy + forces once: ((M,) float64 eV, (n, 3) float32 eV/A), as
+    evaluated (``energy_and_forces``) or, with ``dynamics``, as MD runs it."""
     import torch
 
     from gaqtool.potential import energy_and_forces
+    from gaqtool.quant.apply import dynamics_prediction
 
     def run():
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with ctx:
-            energies, forces = energy_and_forces(model, batch)
+            if dynamics:
+                prediction = dynamics_prediction(model, batch)[0]
+                energies, forces = prediction.energies, prediction.forces
+            else:
+                energies, forces = energy_and_forces(model, batch)
         return energies.detach(), forces.detach().float()
 
     return run
@@ -155,7 +163,9 @@ def time_round_robin(runs: dict[str, Callable], repeats: int) -> dict[str, list[
 
 def build_configs(fp32, quantized, configs: list[str]) -> tuple[dict, dict]:
     """{name: (model, autocast)} and the integer-kernel reports of the int8 configurations."""
+    from gaqtool.config import ForceMode
     from gaqtool.kernels import enable_integer_kernels
+    from gaqtool.quant.apply import set_force_mode
 
     models, reports = {}, {}
     for name in ["fp32"] + [c for c in configs if c != "fp32"]:
@@ -163,6 +173,8 @@ def build_configs(fp32, quantized, configs: list[str]) -> tuple[dict, dict]:
             models[name] = (_freeze(copy.deepcopy(fp32)), name == "bf16")
             continue
         model = _freeze(copy.deepcopy(quantized))
+        if name == "dynamics":
+            set_force_mode(model, ForceMode.CONSERVATIVE)  # md's and the calculator's default
         if name.startswith("int8"):
             reports[name] = enable_integer_kernels(model, compile=(name == "int8")).to_dict()
         models[name] = (model, False)
@@ -181,7 +193,8 @@ def run_benchmark(fp32, quantized, systems, configs: list[str], repeats: int, wa
         for name, (model, autocast) in models.items():
             if on_step:
                 on_step(f"{name} on {system}")
-            run, row = energy_forces_call(model, batch, autocast), {"config": name, "system": system}
+            run = energy_forces_call(model, batch, autocast, dynamics=(name == "dynamics"))
+            row = {"config": name, "system": system}
             try:
                 started = time.perf_counter()
                 energies, forces = run()
@@ -286,7 +299,7 @@ def _render(data: dict) -> None:
 def bench(
     fp32_model: Annotated[Optional[Path], typer.Argument(help="FP32 model: checkpoint (.pt, SevenNet .pth) or named model (sevenn:7net-0). Default: the embedded aspirin model.", show_default=False)] = None,
     quantized_file: Annotated[Optional[Path], typer.Argument(help="Quantized .safetensors of that model. Default: quantize it on the fly (gaq w4a8) in memory.", show_default=False)] = None,
-    configs: Annotated[Optional[List[str]], typer.Option("--config", help=f"Configuration to run; repeatable; one of {', '.join(CONFIGS)} (fp32 always runs). Default: fp32, bf16, fake-quant, int8.")] = None,
+    configs: Annotated[Optional[List[str]], typer.Option("--config", help=f"Configuration to run; repeatable; one of {', '.join(CONFIGS)} (fp32 always runs). Default: fp32, bf16, fake-quant, dynamics, int8.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per configuration and system (median reported).")] = 10,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first (compilation happens here).")] = 2,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = 2,
@@ -298,7 +311,7 @@ def bench(
     modal: ModalOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Median latency and peak memory of energy + forces: FP32, bf16, fake-quant and int8 kernels."""
+    """Median latency and peak memory of energy + forces: FP32, bf16, fake-quant, dynamics, int8."""
     import torch
 
     from gaqtool.data.frames import read_npz

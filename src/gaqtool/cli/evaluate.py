@@ -19,7 +19,7 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
+from gaqtool.cli.options import (DeviceOption, ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
                                  ThreadsOption, TrustPickleOption)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
@@ -328,16 +328,21 @@ def evaluate(
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     threads: ThreadsOption = None,
+    device: DeviceOption = "cpu",
     json_output: JsonOption = False,
 ) -> None:
     """Energy, force and stress MAE / RMSE of a model against labels, or against its FP32
     parent on frames without labels."""
     import torch
 
+    from gaqtool.device import place_model, select_device
+
+    target = select_device(device)  # before any work
     if threads:
         torch.set_num_threads(threads)
     _check_plot_path(plot)
     loaded = load_model(model, trust_pickle, force_mode, modal)
+    place_model(loaded.model, target)
     spec = data or default_spec(loaded.molecule)
     selection = resolve_data(spec, split.value, rmd17_dir, loaded.molecule)
     frames, note = selection.frames, selection.note

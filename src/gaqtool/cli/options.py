@@ -28,3 +28,6 @@ ForceModeOverrideOption = Annotated[Optional[ForceMode], typer.Option(
 ModalOption = Annotated[Optional[str], typer.Option(
     "--modal", help="Fidelity of a multi-fidelity model (SevenNet-MF-0: PBE or R2SCAN); required "
                     "there, refused elsewhere. A quantized file keeps the one it was made with.")]
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="Where the model runs: cpu, cuda, cuda:N or auto (CUDA if present). Data "
+                     "loading and metrics stay on the CPU.")]

@@ -11,7 +11,7 @@ import typer
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import DeviceOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
 from gaqtool.data.spec import default_spec, resolve_data
@@ -111,6 +111,7 @@ def quantize(
     modal: ModalOption = None,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
+    device: DeviceOption = "cpu",
     json_output: JsonOption = False,
 ) -> None:
     """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report.
@@ -120,6 +121,9 @@ def quantize(
     """
     import torch
 
+    from gaqtool.device import place_model, select_device
+
+    target = select_device(device)  # before any work
     if threads:
         torch.set_num_threads(threads)
     if output.suffix != ".safetensors":
@@ -131,6 +135,7 @@ def quantize(
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle, modal=modal)
+    place_model(loaded.model, target)
     if loaded.kind != "fp32":
         raise InputError(f"{loaded.path} is already quantized", hint="quantize the FP32 checkpoint (.pt)")
     molecule = loaded.molecule

@@ -15,8 +15,9 @@ from rich.table import Table
 from gaqtool import distributed
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption
+from gaqtool.cli.options import DeviceOption, JsonOption, Rmd17DirOption, SeedOption, ThreadsOption
 from gaqtool.data.spec import resolve_data
+from gaqtool.device import place_model, select_device
 from gaqtool.errors import InputError
 from gaqtool.io.checkpoint import load_checkpoint_model, save_checkpoint
 from gaqtool.metrics.accuracy import accuracy_metrics, predict
@@ -55,6 +56,7 @@ def train(
     rmd17_dir: Rmd17DirOption = None,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
+    device: DeviceOption = "cpu",
     json_output: JsonOption = False,
 ) -> None:
     """Train an FP32 equivariant attention potential; writes a checkpoint with test metrics.
@@ -64,6 +66,7 @@ def train(
     """
     if attention not in ("cosine", "dot"):
         raise InputError(f"--attention must be 'cosine' or 'dot', got '{attention}'")
+    target = select_device(device)  # before any work
     if threads:
         torch.set_num_threads(threads)
     distributed.init_from_env()  # data-parallel when launched by torchrun
@@ -85,6 +88,7 @@ def train(
         config = _model_config(train_frames, {"num_channels": channels, "lmax": lmax, "num_layers": layers,
                                               "cutoff": cutoff, "attention": attention})
         model = build_model(config)
+    place_model(model, target)
     options = TrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                            force_weight=force_weight, energy_weight=energy_weight, seed=seed,
                            max_minutes=max_minutes)
@@ -104,7 +108,7 @@ def train(
         "num_val": len(val_sel.frames), "options": options.__dict__, "best_epoch": result.best_epoch,
         "best_val": result.best_val, "seconds": result.seconds, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": str(torch.__version__),
-        "processes": distributed.world_size(),
+        "processes": distributed.world_size(), "device": str(target),
         "init": str(init) if init else None,
         "previous_training": json.dumps(parent["training"], default=str) if init else None,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": json.dumps(result.history),

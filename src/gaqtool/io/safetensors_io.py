@@ -83,14 +83,14 @@ def file_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if not isinstance(module, QuantizedModule):
             continue
         for name in module.weight_names:
-            values = getattr(module, f"{name}_int")
+            values = getattr(module, f"{name}_int").cpu()
             tensors[f"{path}.{name}_packed"] = pack_bits(values, module.weight_bits)
             tensors[f"{path}.{name}_shape"] = torch.tensor(list(values.shape), dtype=torch.int32)
             skip |= {f"{path}.inner.{name}", f"{path}.{name}_int"}
     for key, value in state.items():
         if key in skip or is_derived(key) or value.numel() == 0:
             continue
-        tensors[key] = _storage_dtype(key, value.detach()).contiguous().clone()
+        tensors[key] = _storage_dtype(key, value.detach().cpu()).contiguous().clone()
     return tensors
 
 
