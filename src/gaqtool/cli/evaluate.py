@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import numpy as np
 import typer
@@ -25,10 +25,11 @@ from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
 from gaqtool.io.atomic import atomic_write
-from gaqtool.io.loading import LoadedModel, file_sha256, load_model
-from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, deviation_metrics, predict
-from gaqtool.potential import check_species
 from gaqtool.report import KINDS, offset_note, reference_mismatch
+
+if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.io.loading import LoadedModel
+    from gaqtool.metrics.accuracy import Predictions
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 
@@ -73,6 +74,8 @@ def recorded_modal(loaded: LoadedModel) -> str | None:
 
 
 def _load_parent(source, trust_pickle: bool, modal: str | None) -> LoadedModel:
+    from gaqtool.io.loading import load_model
+
     parent = load_model(source, trust_pickle, modal=modal)
     if parent.kind != "fp32":
         raise InputError(f"{source} is a quantized file, not an FP32 parent",
@@ -92,6 +95,7 @@ def recorded_parent(loaded: LoadedModel, trust_pickle: bool = False,
     """
     from gaqtool.backends import backend_for_name
     from gaqtool.io.checkpoint import default_model_path
+    from gaqtool.io.loading import file_sha256
 
     cache = {} if cache is None else cache
     sha = loaded.info.get("source_sha256")
@@ -144,6 +148,8 @@ def fp32_reference(loaded: LoadedModel, fp32: Optional[Path], trust_pickle: bool
     """The model that frames without labels are compared with: ``--fp32`` if given (with the
     quantized file's fidelity), else the quantized model's recorded parent; an FP32 model has
     none of its own."""
+    from gaqtool.io.loading import file_sha256
+
     if fp32 is not None:
         modal = recorded_modal(loaded) if loaded.kind == "quantized" else None
         parent = _load_parent(fp32, trust_pickle, modal)
@@ -159,6 +165,8 @@ def fp32_reference(loaded: LoadedModel, fp32: Optional[Path], trust_pickle: bool
 
 def check_elements(loaded: LoadedModel, frames: Frames, data: str) -> None:
     """UnknownElementError (one line) for the first frame with elements the model lacks."""
+    from gaqtool.potential import check_species
+
     for k, numbers in enumerate(frames.numbers):
         check_species(numbers, loaded.model.species, display_name(loaded), f"frame {k} of {data}")
 
@@ -172,6 +180,8 @@ def _labelled(frames: Frames) -> np.ndarray:
 
 
 def _take(pred: Predictions, idx) -> Predictions:
+    from gaqtool.metrics.accuracy import Predictions
+
     idx = [int(i) for i in idx]
     return Predictions(pred.energies[idx], [pred.forces[i] for i in idx],
                        None if pred.stresses is None else [pred.stresses[i] for i in idx])
@@ -333,6 +343,9 @@ def evaluate(
     """Energy, force and stress MAE / RMSE of a model against labels, or against its FP32
     parent on frames without labels."""
     import torch
+
+    from gaqtool.io.loading import load_model
+    from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
 
     if threads:
         torch.set_num_threads(threads)

@@ -12,7 +12,6 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json
 from gaqtool.cli.options import JsonOption
-from gaqtool.io.safetensors_io import read_header
 from gaqtool.report import format_bytes
 
 
@@ -82,6 +81,8 @@ def inspect(
 ) -> None:
     """Show the header, metadata, source model, per-module bits and per-tensor bits and bytes
     of a quantized file."""
+    from gaqtool.io.safetensors_io import read_header
+
     qfile = read_header(path)
     rows = tensor_rows(qfile)
     model = model_summary(qfile)

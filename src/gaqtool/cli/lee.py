@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
 from rich.table import Table
@@ -16,10 +16,9 @@ from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOptio
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import InputError
-from gaqtool.io.checkpoint import default_model_path
-from gaqtool.io.loading import LoadedModel, file_sha256, load_model
-from gaqtool.metrics.equivariance import local_equivariance_error
-from gaqtool.metrics.localization import localize_equivariance
+
+if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.io.loading import LoadedModel
 
 ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
     help="Models: quantized .safetensors files, gaqtool checkpoints (.pt), SevenNet checkpoints "
@@ -31,6 +30,8 @@ def load_models(sources: list[Optional[Path]], trust_pickle: bool, force_mode, m
                 ) -> list[LoadedModel]:
     """Load every source; ``--modal`` goes to the FP32 sources (a quantized file keeps its own),
     or to all of them when there is none, so that load_model refuses it."""
+    from gaqtool.io.loading import load_model
+
     takes_modal = [p is None or Path(p).suffix != ".safetensors" for p in sources]
     return [load_model(p, trust_pickle, force_mode, modal if takes or not any(takes_modal) else None)
             for p, takes in zip(sources, takes_modal)]
@@ -45,6 +46,9 @@ def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle:
     file records (a named model such as ``sevenn:7net-0``, or its checkpoint found by name with
     the recorded SHA-256).
     """
+    from gaqtool.io.checkpoint import default_model_path
+    from gaqtool.io.loading import file_sha256, load_model
+
     notes: list[str] = []
     quantized = [m for m in models if m.kind == "quantized"]
     if fp32 is not None:
@@ -160,6 +164,9 @@ def _render(rows: list[dict[str, Any]], top: int, localize: bool) -> None:
 
 
 def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes) -> None:
+    from gaqtool.metrics.equivariance import local_equivariance_error
+    from gaqtool.metrics.localization import localize_equivariance
+
     cache: dict = {}
     for row in rows:  # data and elements first: no error after minutes of measuring
         loaded: LoadedModel = row["model"]

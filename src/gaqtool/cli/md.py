@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import numpy as np
 import typer
@@ -18,8 +18,10 @@ from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOpt
 from gaqtool.config import ForceMode
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import DataError, InputError
-from gaqtool.io.loading import LoadedModel
-from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
+
+if TYPE_CHECKING:  # torch- and ase-heavy; imported where used, so that --help stays fast
+    from gaqtool.io.loading import LoadedModel
+    from gaqtool.md import MDSettings
 
 ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
     help="Models run from the same start: quantized .safetensors files, gaqtool checkpoints (.pt), "
@@ -161,6 +163,7 @@ def md(
     import torch
 
     from gaqtool.ase import GAQCalculator
+    from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
 
     if threads:
         torch.set_num_threads(threads)

@@ -12,15 +12,12 @@ import typer
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
-from gaqtool import distributed
-from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
+from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
+                            WeightRounding)
 from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write
-from gaqtool.io.loading import load_model
-from gaqtool.qat import QATOptions, QATTargets, run_qat
 from gaqtool.report import render_quantize_report
-from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
     help="FP32 model to quantize: a gaqtool checkpoint (.pt), a SevenNet checkpoint (.pth) or a "
@@ -53,6 +50,8 @@ def build_config(bits, method, group_size, observer, percentile, direction_mode,
 def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions, start):
     """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place); returns
     (converted model, summary for the report)."""
+    from gaqtool import distributed
+    from gaqtool.qat import run_qat
     distributed.init_from_env()
     train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
     val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
@@ -119,6 +118,11 @@ def quantize(
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
     import torch
+
+    from gaqtool import distributed
+    from gaqtool.io.loading import load_model
+    from gaqtool.qat import QATOptions
+    from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
 
     if threads:
         torch.set_num_threads(threads)

@@ -8,23 +8,20 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
-from gaqtool import distributed
+from gaqtool.architecture import DEFAULT_CONFIG
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
-from gaqtool.io.checkpoint import load_checkpoint_model, save_checkpoint
-from gaqtool.metrics.accuracy import accuracy_metrics, predict
-from gaqtool.models.potential import DEFAULT_CONFIG, build_model
-from gaqtool.training import TrainOptions, fit_energy_shift, force_rms, train_model
 
 
 def _model_config(train_frames, overrides: dict) -> dict:
+    from gaqtool.training import fit_energy_shift, force_rms
+
     config = dict(DEFAULT_CONFIG, **overrides)
     present = sorted({int(z) for numbers in train_frames.numbers for z in numbers})
     config["species"] = sorted(set(config["species"]) | set(present))
@@ -64,6 +61,14 @@ def train(
     """
     if attention not in ("cosine", "dot"):
         raise InputError(f"--attention must be 'cosine' or 'dot', got '{attention}'")
+    import torch
+
+    from gaqtool import distributed
+    from gaqtool.io.checkpoint import load_checkpoint_model, save_checkpoint
+    from gaqtool.metrics.accuracy import accuracy_metrics, predict
+    from gaqtool.models.potential import build_model
+    from gaqtool.training import TrainOptions, train_model
+
     if threads:
         torch.set_num_threads(threads)
     distributed.init_from_env()  # data-parallel when launched by torchrun
