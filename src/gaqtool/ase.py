@@ -22,6 +22,7 @@ from gaqtool.data.graph import Batch, structures_batch
 from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
 from gaqtool.quant.apply import energies_forces_conserved, set_force_mode
+from gaqtool.threads import configure_threads
 
 __all__ = ["GAQCalculator", "atoms_to_batch"]
 
@@ -52,6 +53,8 @@ class GAQCalculator(Calculator):
                    conserve E_s + E_kin), 'ste' (straight through the rounding; drifts), or None
                    for the mode stored in the file. Applied to the model in place
                    (``set_force_mode``); FP32 and weight-only models are exact either way.
+    threads:       torch CPU threads, set when the calculator is made (process-wide, as torch's
+                   setting is); None: one per core that is free then (``gaqtool.threads``).
     free_energy is reported equal to energy (no electronic temperature). ``results`` also holds
     ``conserved_energy`` (eV): the potential whose gradient the forces are (differs from
     ``energy`` only for force mode 'conservative', where ``energy`` is the activation-quantized
@@ -62,8 +65,10 @@ class GAQCalculator(Calculator):
 
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
                  device: str = "cpu", trust_pickle: bool = False,
-                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE, **kwargs):
+                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE, threads: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.threads = configure_threads(threads)
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model

@@ -29,7 +29,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json
+from gaqtool.cli.console import console, log, print_json
 from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, ModalOption
 from gaqtool.errors import InputError
 
@@ -248,7 +248,7 @@ def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_
         raise InputError(f"{loaded.path} is not a quantized file",
                          hint="pass a .safetensors file written by `gaqtool quantize`")
     if loaded.model.config != fp32.model.config:
-        console.print("[yellow]warning:[/] the quantized file's model config differs from the FP32 model's")
+        log.print("[yellow]warning:[/] the quantized file's model config differs from the FP32 model's")
     return fp32, loaded.model, f"{loaded.label} from {loaded.path}"
 
 
@@ -316,7 +316,7 @@ def bench(
     else:
         systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, batch_size,
                                 cluster_molecules, spacing)
-    on_step = None if json_output else (lambda s: console.print(f"[dim]running {s}[/]", highlight=False))
+    on_step = None if json_output else (lambda s: log.print(f"[dim]running {s}[/]", highlight=False))
     data = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "fp32_model": str(fp32.path), "quantized": note, "repeats": repeats, "warmup": warmup,
             "systems": [{"name": n, "atoms": len(b.numbers), "edges": len(b.edge_src), "description": d}

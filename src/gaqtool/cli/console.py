@@ -1,4 +1,9 @@
-"""Shared Rich console (stderr), progress-bar factory and JSON output helpers."""
+"""The two output streams and their helpers.
+
+Results (tables, reports, JSON) go to stdout through ``console``, so that ``gaqtool inspect f >
+info.txt`` captures them; progress bars, notes on what was read, warnings, "wrote ..." lines and
+errors go to stderr through ``log``.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,20 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["console", "progress", "print_json", "progress_enabled", "training_callback"]
+__all__ = ["console", "log", "warn", "progress", "print_json", "progress_enabled", "training_callback"]
 
-console = Console(stderr=True)
+console = Console()  # results: stdout
+log = Console(stderr=True)  # progress, notes, warnings, errors: stderr
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr."""
+    log.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def progress_enabled(json_mode: bool = False) -> bool:
     """Bars only on a terminal, never in --json mode or CI."""
-    return console.is_terminal and not json_mode and not os.environ.get("CI")
+    return log.is_terminal and not json_mode and not os.environ.get("CI")
 
 
 def progress(json_mode: bool = False, transient: bool = True) -> Progress:
@@ -26,7 +37,7 @@ def progress(json_mode: bool = False, transient: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=transient, disable=not progress_enabled(json_mode))
+        console=log, transient=transient, disable=not progress_enabled(json_mode))
 
 
 def print_json(data: Any) -> None:
@@ -48,7 +59,7 @@ def training_callback(bar: Progress, task, prefix: str):
             return
         last["val"] = f"| val E {info['val_energy_mae_mev']:.1f} meV F {info['val_force_mae_mev_a']:.1f} meV/A"
         if not bar.live.is_started and distributed.is_main():
-            console.print(f"{prefix} {info['epoch']}: loss {info['train_loss']:.3e} {last['val']} "
+            log.print(f"{prefix} {info['epoch']}: loss {info['train_loss']:.3e} {last['val']} "
                           f"({info['seconds']:.0f} s)", highlight=False)
 
     return on_step

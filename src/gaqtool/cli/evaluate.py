@@ -18,9 +18,9 @@ import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 ThreadsOption, TrustPickleOption)
+                                 ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
@@ -342,13 +342,10 @@ def evaluate(
 ) -> None:
     """Energy, force and stress MAE / RMSE of a model against labels, or against its FP32
     parent on frames without labels."""
-    import torch
-
     from gaqtool.io.loading import load_model
     from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
 
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     _check_plot_path(plot)
     loaded = load_model(model, trust_pickle, force_mode, modal)
     spec = data or default_spec(loaded.molecule)
@@ -372,7 +369,7 @@ def evaluate(
         if parent is not None:
             check_elements(parent, frames.subset(without), spec)
     if not json_output:
-        console.print(f"[dim]{note}[/]", highlight=False)
+        log.print(f"[dim]{note}[/]", highlight=False)
     with progress(json_output) as bar:
         total = len(frames) + (len(without) if parent is not None else 0)
         task = bar.add_task("evaluating", total=total, info=loaded.label)
@@ -442,4 +439,4 @@ def evaluate(
         return
     _render(report)
     if plot is not None:
-        console.print(f"wrote {plot}", highlight=False)
+        log.print(f"wrote {plot}", highlight=False)

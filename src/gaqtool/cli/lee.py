@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.evaluate import check_elements, display_name, recorded_modal, recorded_parent
 from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 SeedOption, ThreadsOption, TrustPickleOption)
+                                 SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import InputError
@@ -217,10 +217,7 @@ def lee_check(
     json_output: JsonOption = False,
 ) -> None:
     """Local equivariance error |F(Rx) - R F(x)|, |E(Rx) - E(x)| of models, beside the FP32 floor."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal)
     parents, notes = _find_parents(loaded, fp32, trust_pickle)
     rows = _rows(loaded, parents)
@@ -234,7 +231,7 @@ def lee_check(
                     "threshold_mev_a": threshold, "exceeded": [r["path"] for r in exceeded]})
     else:
         for note in notes:
-            console.print(f"[dim]{note}[/]", highlight=False)
+            log.print(f"[dim]{note}[/]", highlight=False)
         _render(rows, top, localize)
     if exceeded:
         for r in exceeded:

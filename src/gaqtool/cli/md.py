@@ -11,10 +11,10 @@ import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.evaluate import display_name
 from gaqtool.cli.lee import load_models
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
 from gaqtool.config import ForceMode
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import DataError, InputError
@@ -160,24 +160,21 @@ def md(
     json_output: JsonOption = False,
 ) -> None:
     """NVE molecular dynamics: total-energy drift and blow-ups, several models side by side."""
-    import torch
-
     from gaqtool.ase import GAQCalculator
     from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
 
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal)
     begin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
     start = initial_state(begin.numbers, begin.positions, temperature, seed, begin.cell, begin.pbc)
     origin = begin.origin
-    calculators = [GAQCalculator(m, force_mode=None) for m in loaded]  # loaded in force_mode above
+    calculators = [GAQCalculator(m, force_mode=None, threads=threads) for m in loaded]  # loaded in force_mode above
     for calc in calculators:
         calc.check_atoms(start)  # unknown elements fail before any dynamics
     if not json_output:
-        console.print(f"[dim]start: {origin}[/]", highlight=False)
+        log.print(f"[dim]start: {origin}[/]", highlight=False)
     runs = []
     with progress(json_output) as bar:
         for k, (m, calc, traj) in enumerate(zip(loaded, calculators, _trajectory_paths(trajectory, len(loaded))), 1):
@@ -196,4 +193,4 @@ def md(
     _render(runs, settings, begin.periodic)
     for run in runs:
         if run["trajectory"]:
-            console.print(f"wrote {run['trajectory']}", highlight=False)
+            log.print(f"wrote {run['trajectory']}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -10,13 +11,13 @@ from typing import Annotated, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.console import console, log, print_json, progress, training_callback, warn
+from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
 from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
                             WeightRounding)
-from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import InputError
-from gaqtool.io.atomic import atomic_write
+from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import render_quantize_report
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
@@ -47,14 +48,12 @@ def build_config(bits, method, group_size, observer, percentile, direction_mode,
         keep_wide=_keep_patterns(keep_wide))
 
 
-def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions, start):
-    """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place); returns
-    (converted model, summary for the report)."""
+def _fine_tune(loaded, config, calib, train, val, bar, options: QATOptions, start):
+    """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place) on the
+    resolved ``train`` / ``val`` selections; returns (converted model, summary for the report)."""
     from gaqtool import distributed
     from gaqtool.qat import run_qat
-    distributed.init_from_env()
-    train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
-    val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
+
     steps = options.epochs * -(-(len(train.frames) // distributed.world_size()) // options.batch_size)
     task = bar.add_task("QAT", total=steps, info="")
     on_step = training_callback(bar, task, "QAT epoch")
@@ -64,6 +63,30 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
                "best_val": result.best_val, "seconds": result.seconds, "processes": distributed.world_size(),
                "history": result.history}
     return result.model, summary
+
+
+def _clamped(option: str, asked: int, available: int, what: str) -> int:
+    """``min(asked, available)``, with a warning when that is fewer than asked."""
+    if asked > available:
+        warn(f"{option} {asked}: {what} has {available}; using {available}")
+    return min(asked, available)
+
+
+def _write_outputs(output: Path, report_path: Path | None, write_model, started: float) -> dict:
+    """All or nothing: the model goes to a staging file next to ``output``, then the --report
+    JSON is written, and only then is the model moved into place. If the report fails, no model
+    file is left (an existing ``output`` is untouched). Returns the completed report."""
+    staged = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        report = write_model(staged)
+        report["output"] = str(output)
+        report["seconds"]["total"] = time.perf_counter() - started
+        if report_path:
+            atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=float)))
+        os.replace(staged, output)
+    finally:
+        staged.unlink(missing_ok=True)
+    return report
 
 
 @app.command()
@@ -117,22 +140,25 @@ def quantize(
     With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
-    import torch
+    if output.suffix != ".safetensors":
+        raise InputError(f"--output must end in .safetensors, got '{output}'")
+    check_writable(output, "--output")
+    if report_path is not None:
+        check_writable(report_path, "--report")
+    for option, spec in (("--calib-data", calib_data), ("--eval-data", eval_data), ("--data", data)):
+        check_spec(spec, option)
+    if weight_clip is None:
+        weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
+    config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
+                          codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
+                          weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
 
     from gaqtool import distributed
     from gaqtool.io.loading import load_model
     from gaqtool.qat import QATOptions
     from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
 
-    if threads:
-        torch.set_num_threads(threads)
-    if output.suffix != ".safetensors":
-        raise InputError(f"--output must end in .safetensors, got '{output}'")
-    if weight_clip is None:
-        weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
-    config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
-                          codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
-                          weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
+    threads = use_threads(threads)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle, modal=modal)
     if loaded.kind != "fp32":
@@ -140,16 +166,28 @@ def quantize(
     molecule = loaded.molecule
     calib = resolve_data(calib_data or default_spec(molecule), "train", rmd17_dir, molecule)
     evaluation = resolve_data(eval_data or default_spec(molecule), "test", rmd17_dir, molecule)
-    eval_set = evaluation.frames.subset(range(min(eval_frames, len(evaluation.frames))))
+    train = val = None
+    if qat_epochs:  # resolved now: a bad --data fails before calibration, not after it
+        distributed.init_from_env()
+        train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
+        val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
+    n_calib = _clamped("--calib-frames", config.calib_frames, len(calib.frames), "the calibration data")
+    n_eval = _clamped("--eval-frames", eval_frames, len(evaluation.frames), "the evaluation data")
+    eval_set = evaluation.frames.subset(range(n_eval))
+    lee_frames = _clamped("--lee-frames", lee_frames, n_eval, "the evaluation set")
+    for role, selection in (("calibration", calib), ("evaluation", evaluation), ("QAT", train)):
+        mismatch = selection is not None and composition_mismatch(selection.frames, molecule)
+        if mismatch:
+            warn(f"{role} data: {mismatch}")
     if not json_output:
-        console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
+        log.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
     qat_summary = None
     with progress(json_output) as bar:
-        task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")
+        task = bar.add_task("calibrating", total=n_calib, info="")
         quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
                                           lambda n: bar.update(task, advance=n))
         if qat_epochs:
-            quantized, qat_summary = _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar,
+            quantized, qat_summary = _fine_tune(loaded, config, calib, train, val, bar,
                                                 QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
                                                            activation_warmup=activation_warmup,
                                                            lee_weight=lee_weight, tangent_projection=tangent_projection,
@@ -168,7 +206,7 @@ def quantize(
         "bits": config.bits_label, "method": config.method.value, "config": config.to_dict(),
         "source": {"path": str(loaded.path), "kind": loaded.kind, "name": loaded.info.get("source"),
                    "modal": modal},
-        "calibration": {"frames": min(config.calib_frames, len(calib.frames)), "data": calib.description},
+        "calibration": {"frames": n_calib, "data": calib.description},
         "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,
         "size": size_summary(loaded, quantized),
@@ -181,12 +219,10 @@ def quantize(
     }
     if qat_summary:
         report["qat"] = qat_summary
-    report = write_quantized(output, loaded, quantized, plan, config, report)
-    report["seconds"]["total"] = time.perf_counter() - started
-    if report_path:
-        atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=float)))
+    report = _write_outputs(output, report_path, lambda path: write_quantized(
+        path, loaded, quantized, plan, config, report), started)
     if json_output:
         print_json(report)
         return
     render_quantize_report(report, console, show_modules)
-    console.print(f"wrote {output} in {report['seconds']['total']:.1f} s", highlight=False)
+    log.print(f"wrote {output} in {report['seconds']['total']:.1f} s", highlight=False)

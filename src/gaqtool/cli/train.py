@@ -13,8 +13,8 @@ from rich.table import Table
 
 from gaqtool.architecture import DEFAULT_CONFIG
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption
+from gaqtool.cli.console import console, log, print_json, progress, training_callback
+from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, use_threads
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
 
@@ -69,15 +69,14 @@ def train(
     from gaqtool.models.potential import build_model
     from gaqtool.training import TrainOptions, train_model
 
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     distributed.init_from_env()  # data-parallel when launched by torchrun
     torch.manual_seed(seed)
     train_sel = resolve_data(data, "train", rmd17_dir)
     val_sel = resolve_data(data, "val", rmd17_dir)
     test_sel = resolve_data(data, "test", rmd17_dir) if data.startswith("rmd17") else None
     if not json_output:
-        console.print(f"[dim]{train_sel.note}[/]")
+        log.print(f"[dim]{train_sel.note}[/]")
     train_frames = train_sel.frames
     if train_frames_limit:
         train_frames = train_frames.subset(range(min(train_frames_limit, len(train_frames))))

@@ -106,7 +106,8 @@ def _storage_dtype(key: str, value: torch.Tensor) -> torch.Tensor:
 
 # Report parts the file holds elsewhere (plan, quant_config) or that follow from the config
 # (the force-mode note): the full report is printed and written by --report.
-_REPORT_KEYS_NOT_STORED = ("modules", "unquantized_parameters", "config", "force_mode")
+# wall times ('seconds') are left out so that the same inputs and seed give the same bytes
+_REPORT_KEYS_NOT_STORED = ("modules", "unquantized_parameters", "config", "force_mode", "seconds")
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:
@@ -130,7 +131,7 @@ def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
     if isinstance(stored.get("source"), dict) and "path" in stored["source"]:
         stored["source"] = {**stored["source"], "path": Path(stored["source"]["path"]).name}
     if isinstance(stored.get("qat"), dict):
-        stored["qat"] = {k: v for k, v in stored["qat"].items() if k != "history"}
+        stored["qat"] = {k: v for k, v in stored["qat"].items() if k not in ("history", "seconds")}
     return stored
 
 
