@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: wraps at any width (COLUMNS=80) without cutting option names
 )
 
 
@@ -70,10 +71,8 @@ def main() -> None:
             raise
         _print_error(exc)
         sys.exit(exc.exit_code)
-    except ClickException as exc:  # usage errors: Typer's own formatting, exit 2
-        from typer import rich_utils
-
-        rich_utils.rich_format_error(exc)
+    except ClickException as exc:  # usage errors: click's plain message, exit 2
+        exc.show()
         sys.exit(exc.exit_code)
     except typer.Abort:
         _print_error(GaqtoolError("aborted"))

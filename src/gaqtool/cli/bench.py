@@ -282,7 +282,7 @@ def _render(data: dict) -> None:
                   "during one call; mem: vs fp32; dE (meV), dF (meV/A): max deviation from fp32[/]", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Latency and peak memory: FP32, bf16, fake-quant, int8.")
 def bench(
     fp32_model: Annotated[Optional[Path], typer.Argument(help="FP32 model: checkpoint (.pt, SevenNet .pth) or named model (sevenn:7net-0). Default: the embedded aspirin model.", show_default=False)] = None,
     quantized_file: Annotated[Optional[Path], typer.Argument(help="Quantized .safetensors of that model. Default: quantize it on the fly (gaq w4a8) in memory.", show_default=False)] = None,

@@ -22,9 +22,9 @@ from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
                                  ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.data.spec import check_spec, default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
-from gaqtool.io.atomic import atomic_write
+from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import KINDS, offset_note, reference_mismatch
 
 if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
@@ -225,6 +225,7 @@ def _check_plot_path(plot: Optional[Path]) -> None:
     if plot.suffix.lstrip(".").lower() not in PLOT_FORMATS:
         raise InputError(f"--plot '{plot}' has an unsupported extension",
                          hint="use one of: " + ", ".join("." + f for f in PLOT_FORMATS))
+    check_writable(plot, "--plot")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -323,7 +324,7 @@ def _render(report: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------- command
 
-@app.command("eval")
+@app.command("eval", short_help="Energy, force and stress errors against labels or FP32.")
 def evaluate(
     model: ModelArgument = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Frames: rmd17 (the model's molecule), rmd17:<molecule>, universal (crystals and molecules made by code), or a file (.npz, extxyz, traj, ...; frames without labels are compared with the FP32 parent). Default: rmd17 for a model with a molecule, universal otherwise.", show_default=False)] = None,
@@ -346,6 +347,7 @@ def evaluate(
     from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
 
     threads = use_threads(threads)
+    check_spec(data, "--data")
     _check_plot_path(plot)
     loaded = load_model(model, trust_pickle, force_mode, modal)
     spec = data or default_spec(loaded.molecule)

@@ -72,7 +72,7 @@ def _modules_table(modules: dict[str, dict]) -> Table:
     return table
 
 
-@app.command()
+@app.command(short_help="Header, modules and tensors of a quantized file.")
 def inspect(
     path: Annotated[Path, typer.Argument(help="Quantized .safetensors file written by `gaqtool quantize`.")],
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,

@@ -14,7 +14,7 @@ from gaqtool.cli.evaluate import check_elements, display_name, recorded_modal, r
 from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
                                  SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.data.spec import check_spec, default_spec, resolve_data
 from gaqtool.errors import InputError
 
 if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
@@ -198,7 +198,7 @@ def _finish_rows(rows: list[dict[str, Any]]) -> None:
         row["ratio_to_floor"] = row["lee"]["force_mean_mev_a"] / floor if floor else None
 
 
-@app.command("lee-check")
+@app.command("lee-check", short_help="Local equivariance error beside the FP32 floor.")
 def lee_check(
     models: ModelsArgument = None,
     num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = 8,
@@ -217,6 +217,7 @@ def lee_check(
     json_output: JsonOption = False,
 ) -> None:
     """Local equivariance error |F(Rx) - R F(x)|, |E(Rx) - E(x)| of models, beside the FP32 floor."""
+    check_spec(data, "--data")
     threads = use_threads(threads)
     loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal)
     parents, notes = _find_parents(loaded, fp32, trust_pickle)

@@ -89,7 +89,7 @@ def _write_outputs(output: Path, report_path: Path | None, write_model, started:
     return report
 
 
-@app.command()
+@app.command(short_help="Quantize an FP32 model to a bit-packed file, with a report.")
 def quantize(
     model: ModelArgument = None,
     bits: Annotated[str, typer.Option("--bits", help="Bit widths: wXaY (X in 2,4,8; Y in 8,16), or wX for weight-only.")] = "w4a8",
@@ -99,7 +99,7 @@ def quantize(
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
     weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. Default: mse for post-training quantization, minmax as the start of QAT (LSQ learns its own clipping; MSE-clipped starts fine-tuned worse). --method naive always uses one min-max scale per tensor.", show_default=False)] = None,
-    weight_rounding: Annotated[WeightRounding, typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. With --qat-epochs the latent weights start from these rounded ones (gptq: 39.0 vs 39.8 meV/A after 10 epochs, docs/studies-aspirin.md).")] = WeightRounding.GPTQ,
+    weight_rounding: Annotated[WeightRounding, typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. With --qat-epochs the latent weights start from these rounded ones.")] = WeightRounding.GPTQ,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
     codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
@@ -120,7 +120,7 @@ def quantize(
     vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 1,
     activation_warmup: Annotated[int, typer.Option("--activation-warmup", min=0, help="QAT epochs with no activation quantized at all (weights only) before the scalar and, after --vector-warmup, the l>0 activations are switched on.")] = 0,
     lee_weight: Annotated[float, typer.Option("--lee-weight", min=0.0, help="Weight of the QAT equivariance penalty |F(Rx) - R F(x)|^2 with a random rotation per step (0: off).")] = 0.0,
-    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule). Measured on aspirin W4A8 (docs/studies-aspirin.md): 5e-4 over 10 epochs fitted better than 3e-4 over 10 or 12 and 1e-4 over 20.")] = 5e-4,
+    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 5e-4,
     qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
     qat_targets: Annotated[QATTargets, typer.Option("--qat-targets", help="What QAT fits: teacher (the FP32 parent's energies and forces on the training frames: distillation) or labels (the DFT reference). Validation always uses the labels.")] = QATTargets.TEACHER,
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
@@ -214,7 +214,8 @@ def quantize(
         "unquantized_parameters": plan.unquantized_parameters,
         "force_mode": (f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}"
                        if config.quantizes_activations else
-                       "exact: -dE/dx by autograd (weight-only: no activation rounding)"),
+                       "exact: forces are -dE/dx by autograd in every command (weight-only: no "
+                       "activation rounding)"),
         "seconds": {"quantize_calibrate": t_quant},
     }
     if qat_summary:

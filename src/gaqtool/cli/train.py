@@ -17,6 +17,7 @@ from gaqtool.cli.console import console, log, print_json, progress, training_cal
 from gaqtool.cli.options import JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, use_threads
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import InputError
+from gaqtool.io.atomic import check_writable
 
 
 def _model_config(train_frames, overrides: dict) -> dict:
@@ -32,7 +33,7 @@ def _model_config(train_frames, overrides: dict) -> dict:
     return config
 
 
-@app.command()
+@app.command(short_help="Train the reference FP32 potential (a .pt checkpoint).")
 def train(
     data: Annotated[str, typer.Option("--data", help="Training data: rmd17:<molecule> (950 train / 50 val from split 01) or a file.")] = "rmd17:aspirin",
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt).")] = Path("model.pt"),
@@ -61,6 +62,7 @@ def train(
     """
     if attention not in ("cosine", "dot"):
         raise InputError(f"--attention must be 'cosine' or 'dot', got '{attention}'")
+    check_writable(output, "--output")
     import torch
 
     from gaqtool import distributed

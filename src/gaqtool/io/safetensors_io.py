@@ -170,8 +170,17 @@ class QuantizedFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise FormatError(f"{self.path} is a directory, not a quantized file",
+                              hint="name the .safetensors file written by `gaqtool quantize`")
         if not self.path.is_file():
             raise FormatError(f"file not found: {self.path}", hint="check the path")
+        with open(self.path, "rb") as handle:
+            head = handle.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise FormatError(f"{self.path} is a PyTorch checkpoint, not a quantized .safetensors file",
+                              hint="inspect reads files written by `gaqtool quantize`; eval, lee-check and "
+                                   "md read checkpoints too")
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 self.raw_metadata = handle.metadata() or {}
