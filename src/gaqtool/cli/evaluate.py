@@ -18,11 +18,11 @@ import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, log, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress, warn
 from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
                                  ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import check_spec, default_spec, resolve_data
+from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
 from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import KINDS, offset_note, reference_mismatch
@@ -356,6 +356,11 @@ def evaluate(
     if num_frames is not None and num_frames < len(frames):
         frames = frames.subset(range(num_frames))
         note = f"{note}; first {num_frames} used"
+    elif num_frames is not None and num_frames > len(frames):
+        warn(f"--frames {num_frames}: {spec} has {len(frames)}; using {len(frames)}")
+    mismatch = composition_mismatch(frames, loaded.molecule)
+    if mismatch:
+        warn(mismatch)
     check_elements(loaded, frames, spec)
     labelled = _labelled(frames)
     with_labels = [int(i) for i in np.nonzero(labelled)[0]]
