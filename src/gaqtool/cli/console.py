@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
@@ -34,9 +35,13 @@ def progress_enabled(json_mode: bool = False) -> bool:
 
 def progress(json_mode: bool = False, transient: bool = True) -> Progress:
     """A determinate progress bar on stderr (disabled when not a TTY, in --json mode or CI)."""
+    def cut(width: int) -> Column:  # shortened with '…' rather than pushing the counts off the line
+        return Column(max_width=width, no_wrap=True, overflow="ellipsis")
+
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}", table_column=cut(24)), BarColumn(bar_width=16),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[info]}", table_column=cut(18)), TimeElapsedColumn(), TimeRemainingColumn(),
         console=log, transient=transient, disable=not progress_enabled(json_mode))
 
 

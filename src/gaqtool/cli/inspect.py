@@ -121,7 +121,7 @@ def inspect(
     if tensors:
         table = Table(title="tensors")
         for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("bits", "right"), ("bytes", "right")):
-            table.add_column(col, justify=justify)
+            table.add_column(col, justify=justify, overflow="fold")  # names wrap, never cut
         for r in rows:
             table.add_row(r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", str(r["bits"]),
                           str(r["bytes"]))

@@ -177,7 +177,8 @@ class QuantizedFile:
             raise FormatError(f"file not found: {self.path}", hint="check the path")
         with open(self.path, "rb") as handle:
             head = handle.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        too_long = len(head) < 8 or struct.unpack("<Q", head)[0] > self.path.stat().st_size
+        if too_long and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # zip or pickle
             raise FormatError(f"{self.path} is a PyTorch checkpoint, not a quantized .safetensors file",
                               hint="inspect reads files written by `gaqtool quantize`; eval, lee-check and "
                                    "md read checkpoints too")
