@@ -140,9 +140,9 @@ def quantize(
     With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
+    check_writable(output, "--output")
     if output.suffix != ".safetensors":
         raise InputError(f"--output must end in .safetensors, got '{output}'")
-    check_writable(output, "--output")
     if report_path is not None:
         check_writable(report_path, "--report")
     for option, spec in (("--calib-data", calib_data), ("--eval-data", eval_data), ("--data", data)):
