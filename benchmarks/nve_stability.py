@@ -53,7 +53,7 @@ def run_variant(name: str, seed: int, args: argparse.Namespace, settings: MDSett
         config = QuantConfig.from_preset(spec["bits"], **{k: v for k, v in spec.items() if k != "bits"})
         model = quantize_loaded(loaded.model, config, calib.frames)[0]
     began = time.perf_counter()
-    result = run_nve(start, GAQCalculator(model, force_mode=None), settings)  # each variant its own mode
+    result = run_nve(start, GAQCalculator(model, force_mode=None, threads=args.threads), settings)  # each variant its own mode
     s = {**result.summary(), "seconds": time.perf_counter() - began, "series": result.series()}
     print(f"{name} (seed {seed}): drift {s['drift_mev_atom_ps']:.4g} meV/atom/ps (reported energy: "
           f"{s['reported_drift_mev_atom_ps']:.4g}), max |dE| {s['max_abs_energy_deviation_mev_atom']:.4g} "

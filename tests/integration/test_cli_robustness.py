@@ -164,11 +164,12 @@ def test_results_on_stdout_logs_on_stderr_and_reports_say_what_is_true(cli, tiny
     data = dict(np.load(sample_path("train")))
     np.savez(small_calibration, **{k: v[:3] if v.ndim and len(v) > 21 else v for k, v in data.items()})
     result = cli("quantize", tiny_checkpoint, "-o", out, "--report", report, "--calib-data", small_calibration,
-                 "--eval-frames", "2", "--lee-frames", "1000", "--lee-rotations", "1", "--threads", "1")
+                 "--calib-frames", "10", "--eval-frames", "2", "--lee-frames", "1000", "--lee-rotations", "1",
+                 "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "force MAE" in result.stdout and "force MAE" not in result.stderr  # the report: a result
     assert f"wrote {out}" in result.stderr and "calibration:" in result.stderr  # logs
-    assert "warning: --calib-frames 32: the calibration data has 3; using 3" in result.stderr
+    assert "warning: --calib-frames 10: the calibration data has 3; using 3" in result.stderr
     assert "warning: --lee-frames 1000: the evaluation set has 2; using 2" in result.stderr
     saved = json.loads(report.read_text())
     assert saved["calibration"]["frames"] == 3 and "3 frames" in saved["calibration"]["data"]
@@ -219,7 +220,7 @@ def test_same_inputs_give_the_same_bytes_and_the_report_fits_80_columns(tiny_che
 def test_bench_of_a_quantized_file_alone_uses_its_recorded_parent(cli, tiny_checkpoint, tmp_path):
     out = tmp_path / "q.safetensors"
     assert cli("quantize", tiny_checkpoint, "-o", out, *SMALL).exit_code == 0
-    result = cli("bench", out, "--config", "fake-quant", "--repeats", "1", "--warmup", "0", "--no-memory",
+    result = cli("bench", out, "--config", "fp32", "--repeats", "1", "--warmup", "0", "--no-memory",
                  "--batch-size", "2", "--cluster-molecules", "2", "--threads", "1", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["data"]

@@ -46,8 +46,8 @@ def _register() -> None:
                 raise
 
 
-def _print_error(exc: GaqtoolError) -> None:
-    if "--json" in sys.argv:
+def _print_error(exc: GaqtoolError, json_document: bool = True) -> None:
+    if json_document and "--json" in sys.argv:
         sys.stdout.write(json.dumps({"error": {"code": type(exc).__name__, "message": exc.message,
                                                "hint": exc.hint}}) + "\n")
     log.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
@@ -80,5 +80,5 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130, silently
-        _print_error(Interrupted("interrupted (Ctrl-C)"))
+        _print_error(Interrupted("interrupted (Ctrl-C)"), json_document=False)
     sys.exit(code if isinstance(code, int) else 0)

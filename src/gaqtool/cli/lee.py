@@ -38,6 +38,7 @@ def load_models(sources: list[Optional[Path]], trust_pickle: bool, force_mode, m
             for p, takes in zip(sources, takes_modal)]
 
 
+DEFAULT_FRAMES = 8
 ON_THE_FLY_BITS = "w4a8"
 ON_THE_FLY_CALIB_FRAMES = 8
 
@@ -139,7 +140,7 @@ def _frames_for(molecule: str | None, data: str, rmd17_dir, num_frames: int, cac
     key = molecule if data.startswith("rmd17") else data
     if key not in cache:
         selection = resolve_data(data, "test", rmd17_dir, molecule)
-        if num_frames > len(selection.frames):
+        if num_frames > len(selection.frames) and num_frames != DEFAULT_FRAMES:  # asked for, not the default
             warn(f"--frames {num_frames}: {data} has {len(selection.frames)}; using {len(selection.frames)}")
         first = selection.frames.subset(range(min(num_frames, len(selection.frames))))
         mismatch = composition_mismatch(first, molecule)
@@ -238,7 +239,7 @@ def _finish_rows(rows: list[dict[str, Any]]) -> None:
 @app.command("lee-check", short_help="Local equivariance error beside the FP32 floor.")
 def lee_check(
     models: ModelsArgument = None,
-    num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = 8,
+    num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = DEFAULT_FRAMES,
     rotations: Annotated[int, typer.Option("--rotations", min=1, help="Haar-random rotations per frame (seeded).")] = 4,
     data: Annotated[Optional[str], typer.Option("--data", help="Frames: rmd17 (the model's molecule, test split), rmd17:<molecule>, universal (crystals and molecules made by code), or a file (extxyz, traj, ...; cells are rotated with the atoms). Default: rmd17 if the first model has a molecule, universal otherwise.", show_default=False)] = None,
     fp32: Annotated[Optional[Path], typer.Option("--fp32", help="FP32 parent (checkpoint or named model) for the floor row. Default: an FP32 argument or the embedded model whose SHA-256 matches the quantized file's source, or the named model / checkpoint the file records.")] = None,

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 
@@ -19,6 +19,12 @@ from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, re
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import render_quantize_report
+
+if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.qat import QATOptions
+
+EVAL_FRAMES = 200
+LEE_FRAMES = 16
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
     help="FP32 model to quantize: a gaqtool checkpoint (.pt), a SevenNet checkpoint (.pth) or a "
@@ -65,9 +71,11 @@ def _fine_tune(loaded, config, calib, train, val, bar, options: QATOptions, star
     return result.model, summary
 
 
-def _clamped(option: str, asked: int, available: int, what: str) -> int:
-    """``min(asked, available)``, with a warning when that is fewer than asked."""
-    if asked > available:
+def _clamped(option: str, asked: int, available: int, what: str, default: int) -> int:
+    """``min(asked, available)``, with a warning when that is fewer than the user asked for
+    (a default larger than the data, e.g. 32 calibration frames of a 24-structure set, is
+    used silently: the data notes give the counts)."""
+    if asked > available and asked != default:
         warn(f"{option} {asked}: {what} has {available}; using {available}")
     return min(asked, available)
 
@@ -106,8 +114,8 @@ def quantize(
     calib_frames: Annotated[int, typer.Option("--calib-frames", min=1, help="Calibration molecules.")] = 32,
     calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration frames: rmd17:<molecule> (train split) or a file. Default: the model's molecule.")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Held-out frames for the report: rmd17:<molecule> (test split) or a file. Default: the model's molecule.")] = None,
-    eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = 200,
-    lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
+    eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = EVAL_FRAMES,
+    lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = LEE_FRAMES,
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
     keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Modules to keep in FP32, repeatable: a role the model's backend declares (role:species_embedding, role:readout, role:radial) or an fnmatch pattern of module paths (see --show-modules); 'none' quantizes every module. Default: role:species_embedding (its 4-bit error no later layer can undo) for gaq and weight-only, none for naive.", show_default=False)] = None,
     keep_wide: Annotated[Optional[List[str]], typer.Option("--keep-wide", help="Modules whose weights use --small-fan-in-bits (8) whatever their fan-in, repeatable: a role (e.g. role:readout) or a path pattern. Default: none.", show_default=False)] = None,
@@ -171,10 +179,12 @@ def quantize(
         distributed.init_from_env()
         train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
         val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
-    n_calib = _clamped("--calib-frames", config.calib_frames, len(calib.frames), "the calibration data")
-    n_eval = _clamped("--eval-frames", eval_frames, len(evaluation.frames), "the evaluation data")
+    n_calib = _clamped("--calib-frames", config.calib_frames, len(calib.frames), "the calibration data",
+                       QuantConfig.calib_frames)
+    n_eval = _clamped("--eval-frames", eval_frames, len(evaluation.frames), "the evaluation data",
+                      EVAL_FRAMES)
     eval_set = evaluation.frames.subset(range(n_eval))
-    lee_frames = _clamped("--lee-frames", lee_frames, n_eval, "the evaluation set")
+    lee_frames = _clamped("--lee-frames", lee_frames, n_eval, "the evaluation set", LEE_FRAMES)
     for role, selection in (("calibration", calib), ("evaluation", evaluation), ("QAT", train)):
         mismatch = selection is not None and composition_mismatch(selection.frames, molecule)
         if mismatch:
