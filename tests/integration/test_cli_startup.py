@@ -59,3 +59,21 @@ def test_help_texts_carry_no_measurements():
     text = " ".join(page["text"] for page in json.loads(done.stdout)["pages"].values())
     assert not re.search(r"\d+(\.\d+)? vs \d", text)
     assert "docs/" not in text and "README" not in text
+
+
+def test_ctrl_c_while_starting_exits_130_with_one_line(tmp_path):
+    """SIGINT a second in, while the command still imports torch or has just begun."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    process = subprocess.Popen([sys.executable, "-m", "gaqtool", "quantize", "-o", str(tmp_path / "q.safetensors"),
+                                "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=tmp_path)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == ["error: interrupted (Ctrl-C)"]
+    assert "Traceback" not in stdout + stderr
+    assert list(tmp_path.iterdir()) == []
