@@ -233,3 +233,38 @@ def test_bench_of_a_quantized_file_alone_uses_its_recorded_parent(cli, tiny_chec
     missing = cli("bench", orphan / "q.safetensors", "--threads", "1")
     assert missing.exit_code == 1 and "needs its FP32 parent" in missing.stderr
     assert "the embedded model is " in missing.stderr and "aspirin_fp32.pt" in missing.stderr
+
+
+def test_tables_and_progress_bars_fit_80_columns(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import gaqtool.cli.console as console_module
+
+    out = tmp_path / "q.safetensors"
+    assert cli("quantize", tiny_checkpoint, "-o", out, *SMALL).exit_code == 0
+    for stream in (console_module.console, console_module.log):  # as COLUMNS=80 at start-up would
+        monkeypatch.setattr(stream, "_width", 80)
+    runs = [("eval", out, "--frames", "2", "--worst", "2"),
+            ("lee-check", tiny_checkpoint, out, "--frames", "1", "--rotations", "1", "--localize"),
+            ("md", tiny_checkpoint, out, "--steps", "2"),
+            ("inspect", out),
+            ("bench", tiny_checkpoint, out, "--config", "fake-quant", "--repeats", "1", "--warmup", "0",
+             "--no-memory", "--batch-size", "2", "--cluster-molecules", "2")]
+    for args in runs:
+        result = cli(*args, *(["--threads", "1"] if args[0] != "inspect" else []))
+        assert result.exit_code == 0, (args, result.output)
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, (args, max(lines, key=len))
+        assert not [line for line in lines if "…" in line and "sha256" not in line], args
+    screen = io.StringIO()
+    monkeypatch.setattr(console_module, "log", Console(file=screen, width=80, force_terminal=True, color_system=None))
+    with console_module.progress(transient=False) as bar:
+        task = bar.add_task("[1] a_long_model_file_name_w4a8.safetensors", total=2000,
+                            info="gaq w4a8, conservative forces")
+        bar.update(task, advance=196)
+    final = screen.getvalue().split("\r")[-1].splitlines()
+    assert any("196/2000" in line for line in final)
+    assert max(len(line.replace("\x1b[2K", "").replace("\x1b[?25h", "").replace("\x1b[1A", ""))
+               for line in final) <= 80
