@@ -7,6 +7,9 @@ machine (other jobs change both numbers):
 
     python benchmarks/threads_contention.py [--repeats 2] [--out benchmarks/results/threads_contention.json]
 
+(gaqtool installed, or PYTHONPATH=src). ``--quick`` runs tiny settings, to check the script
+itself, not to measure.
+
 Each run is a fresh `python -m gaqtool quantize --bits w4a8` subprocess (import time included)
 writing to a temporary directory; the spinning process is started before and stopped after it.
 """
@@ -25,6 +28,9 @@ import time
 from pathlib import Path
 
 SPIN = "while True: pass"
+
+
+QUICK = ["--calib-frames", "2", "--eval-frames", "2", "--lee-frames", "1", "--lee-rotations", "1"]
 
 
 def main_job(extra: list[str], directory: Path) -> float:
@@ -58,7 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test, not a measurement")
     args = parser.parse_args()
+    quick = QUICK if args.quick else []
     cases = {
         "default threads, one core busy": ([], True),
         "--threads 1, one core busy": (["--threads", "1"], True),
@@ -67,7 +75,7 @@ def main() -> None:
     }
     results = {}
     for name, (extra, busy) in cases.items():
-        times = timed(extra, busy, args.repeats)
+        times = timed(extra + quick, busy, args.repeats)
         results[name] = {"seconds": times, "median_s": statistics.median(times)}
         print(f"{name:34s} {statistics.median(times):7.1f} s  ({', '.join(f'{t:.1f}' for t in times)})",
               flush=True)
@@ -78,7 +86,7 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "repeats": args.repeats, "results": results, "busy_over_single_thread": ratio}, indent=2) + "\n")
+            "repeats": args.repeats, "quick": args.quick, "results": results, "busy_over_single_thread": ratio}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
