@@ -48,7 +48,7 @@ def main() -> None:
     atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
-    atoms.calc = GAQCalculator(args.model)
+    atoms.calc = GAQCalculator(args.model, threads=args.threads)
     dynamics = VelocityVerlet(atoms, timestep=args.dt * units.fs)
     times, energies, blown = [], [], False
     last = atoms.positions.copy()

@@ -1,6 +1,6 @@
 """`python -m gaqtool` runs the command-line tool."""
 
-from gaqtool.cli.app import main
+from gaqtool.cli import main
 
 if __name__ == "__main__":
     main()

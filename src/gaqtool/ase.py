@@ -22,6 +22,7 @@ from gaqtool.data.graph import Batch, structures_batch
 from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
 from gaqtool.quant.apply import dynamics_prediction, set_force_mode
+from gaqtool.threads import configure_threads
 
 __all__ = ["GAQCalculator", "atoms_to_batch"]
 
@@ -60,6 +61,8 @@ class GAQCalculator(Calculator):
     (the default) that is E_s, the model with activation rounding off (only in mode 'ste' is it
     E_q, with forces that are not its gradient). free_energy equals energy (no electronic
     temperature).
+    threads:       torch CPU threads, set when the calculator is made (process-wide, as torch's
+                   setting is); None: one per core that is free then (``gaqtool.threads``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -67,8 +70,9 @@ class GAQCalculator(Calculator):
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
                  device: str = "cpu", trust_pickle: bool = False,
                  force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE,
-                 quantized_energy: bool = False, **kwargs):
+                 quantized_energy: bool = False, threads: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.threads = configure_threads(threads)
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model

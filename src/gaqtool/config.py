@@ -14,7 +14,7 @@ from typing import Any
 from gaqtool.errors import InputError
 
 __all__ = ["DEFAULT_KEEP_FP32", "DEFAULT_KEEP_WIDE", "SMALL_FAN_IN_BITS", "Method", "ObserverKind", "WeightClip",
-           "WeightRounding", "DirectionMode", "ForceMode",
+           "WeightRounding", "DirectionMode", "ForceMode", "QATTargets",
            "QuantConfig", "QUANT_CONFIG_VERSION", "parse_bits"]
 
 QUANT_CONFIG_VERSION = 1
@@ -86,6 +86,13 @@ class ForceMode(str, Enum):
 
     STE = "ste"
     CONSERVATIVE = "conservative"
+
+
+class QATTargets(str, Enum):
+    """What the QAT loss fits: the FP32 parent's predictions (distillation) or the DFT labels."""
+
+    TEACHER = "teacher"
+    LABELS = "labels"
 
 
 # Kept in FP32 unless told otherwise: the module with the species-embedding role (each backend

@@ -1,7 +1,7 @@
 """Typed errors for user mistakes. Each carries a one-line message and a hint on how to fix it.
 
 The CLI's single error boundary (`gaqtool.cli.app.main`) prints ``error:`` + ``hint:`` for these
-and exits 1; anything else is a bug and keeps its traceback.
+and exits 1 (130 for ``Interrupted``); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ __all__ = [
     "FormatError",
     "UnsupportedModelError",
     "UnknownElementError",
+    "Interrupted",
 ]
 
 
@@ -51,3 +52,9 @@ class UnsupportedModelError(GaqtoolError):
 class UnknownElementError(DataError, ValueError):
     """A structure holds an element the model has no parameters for (also a ValueError, which
     is what models raise for it)."""
+
+
+class Interrupted(GaqtoolError):
+    """Ctrl-C: the command stopped (after keeping what it could, e.g. an MD trajectory so far)."""
+
+    exit_code = 130

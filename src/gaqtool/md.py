@@ -76,6 +76,7 @@ class MDResult:
     quantized_potential_energy: np.ndarray | None = None
     blowup: str | None = None
     snapshots: list[Atoms] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C: the arrays hold the steps done until then
 
     @property
     def total_energy(self) -> np.ndarray:
@@ -209,7 +210,8 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
     """Velocity-Verlet NVE from ``start`` (positions and velocities are copied, not modified);
     a periodic ``start`` keeps its cell.
 
-    Stops early when :func:`blowup_reason` fires. ``on_step(1)`` after every step.
+    Stops early when :func:`blowup_reason` fires, or at Ctrl-C (``interrupted``: the result
+    holds the steps done). ``on_step(1)`` after every step.
     """
     atoms = start.copy()
     start_positions = atoms.positions.copy()
@@ -219,29 +221,37 @@ def run_nve(start: Atoms, calculator: Calculator, settings: MDSettings,
     snapshots: list[Atoms] = []
     max_temperature = settings.blowup_temperature_factor * max(settings.temperature_k, atoms.get_temperature())
     reason = None
-    for step in range(settings.steps + 1):
-        if step:
-            dyn.run(1)
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        series["t"].append(step * settings.timestep_fs / 1000.0)
-        series["pot"].append(energy)
-        if "quantized_energy" in atoms.calc.results:
-            series["quantized"].append(float(atoms.calc.results["quantized_energy"]))
-        series["kin"].append(atoms.get_kinetic_energy())
-        series["temp"].append(atoms.get_temperature())
-        reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None,
-                               start_positions)
-        if step % settings.log_every == 0 or step == settings.steps or reason:
-            stress = atoms.get_stress() if atoms.pbc.any() else None  # logged steps only
-            snapshots.append(_snapshot(atoms, energy, forces, stress))
-        if reason:
-            reason = f"step {step}: {reason}"
-            break
-        if on_step and step:
-            on_step(1)
-    quantized = np.array(series["quantized"]) if len(series["quantized"]) == len(series["t"]) else None
+    interrupted = False
+    try:
+        for step in range(settings.steps + 1):
+            if step:
+                dyn.run(1)
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            series["t"].append(step * settings.timestep_fs / 1000.0)
+            series["pot"].append(energy)
+            if "quantized_energy" in atoms.calc.results:
+                series["quantized"].append(float(atoms.calc.results["quantized_energy"]))
+            series["kin"].append(atoms.get_kinetic_energy())
+            series["temp"].append(atoms.get_temperature())
+            reason = blowup_reason(atoms, energy, forces, settings.blowup_distance, max_temperature or None,
+                                   start_positions)
+            if step % settings.log_every == 0 or step == settings.steps or reason:
+                stress = atoms.get_stress() if atoms.pbc.any() else None  # logged steps only
+                snapshots.append(_snapshot(atoms, energy, forces, stress))
+            if reason:
+                reason = f"step {step}: {reason}"
+                break
+            if on_step and step:
+                on_step(1)
+    except KeyboardInterrupt:  # keep the steps done; the caller reports them
+        interrupted = True
+        done = min(len(series[key]) for key in ("t", "pot", "kin", "temp"))
+        for values in series.values():
+            del values[done:]
+    quantized = np.array(series["quantized"]) if series["quantized"] and len(series["quantized"]) == len(series["t"]) else None
     return MDResult(len(atoms), settings, np.array(series["t"]), np.array(series["pot"]),
-                    np.array(series["kin"]), np.array(series["temp"]), quantized, reason, snapshots)
+                    np.array(series["kin"]), np.array(series["temp"]), quantized, reason, snapshots,
+                    interrupted)
 
 
 def write_trajectory(path: Path | str, snapshots: list[Atoms]) -> Path:

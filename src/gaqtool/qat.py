@@ -13,14 +13,13 @@ convert: integer weights from the trained floats and learned scales -> the same
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from gaqtool.config import ForceMode, QuantConfig, WeightRounding
+from gaqtool.config import ForceMode, QATTargets, QuantConfig, WeightRounding
 from gaqtool.data.frames import Frames
 from gaqtool.data.graph import Batch, iterate_batches
 from gaqtool.errors import InputError
@@ -37,13 +36,6 @@ from gaqtool.workflow import calibration_subset, correct_energy_offset, quantize
 
 __all__ = ["QATOptions", "QATTargets", "prepare_qat", "convert_qat", "set_vector_quantization",
            "set_activation_quantization", "recalibrate_activations", "run_qat", "teacher_targets"]
-
-
-class QATTargets(str, Enum):
-    """What the QAT loss fits: the FP32 parent's predictions (distillation) or the DFT labels."""
-
-    TEACHER = "teacher"
-    LABELS = "labels"
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,15 @@ def _deviation_rows(deviation: dict[str, Any]) -> list[tuple[str, float]]:
     return rows
 
 
+def unhandled_parameters(report: dict[str, Any], modules: list[dict[str, Any]]) -> list[str]:
+    """State-dict names of the FP32 parameters of ``modules`` (fp32 entries without a handler),
+    e.g. ``layers.0.log_temperature``: the module itself is otherwise quantized."""
+    stored = report.get("unquantized_parameters", {})
+    names = [name for m in modules for name, reason in stored.items()
+             if name.startswith(m["path"] + ".") and reason == m.get("reason")]
+    return names or [m["path"] for m in modules]
+
+
 def render_quantize_report(report: dict[str, Any], console: Console, show_modules: bool = False) -> None:
     """Accuracy, deviation from FP32, LEE and size of a quantized model next to its parent."""
     acc, lee, size = report["accuracy"], report["lee"], report["size"]
@@ -122,14 +131,14 @@ def render_quantize_report(report: dict[str, Any], console: Console, show_module
     unhandled = [m for m in fp32 if m not in chosen]
     quantized = [m for m in modules if m["status"] == "quantized"]
     wide = sorted({m["weight_bits"] for m in quantized if m.get("weight_bits")})
-    console.print(f"{len(quantized)} modules quantized (weight bits: "
-                  f"{', '.join(map(str, wide)) or '-'}), {len(fp32)} kept FP32; force mode: "
-                  f"{report['force_mode']}", highlight=False)
+    kept = f"{len(chosen)} module{'s' if len(chosen) != 1 else ''} kept FP32" + (
+        f" ({', '.join(m['path'] for m in chosen)})" if chosen else "")
+    console.print(f"{len(quantized)} modules quantized (weight bits: {', '.join(map(str, wide)) or '-'}), "
+                  f"{kept}.", highlight=False)
     if unhandled and not show_modules:
-        names = ", ".join(sorted({m["kind"] for m in unhandled}))
-        console.print(f"FP32 without a quantization handler (small non-weight parameters): "
-                      f"{len(unhandled)} modules of kinds {names}; --show-modules lists them.",
-                      highlight=False)
+        console.print(f"FP32 parameters of modules without a quantization handler: "
+                      f"{', '.join(unhandled_parameters(report, unhandled))}.", highlight=False)
+    console.print(f"force mode {report['force_mode']}.", highlight=False)
     rows = modules if show_modules else chosen
     if rows:
         mt = Table(title="modules" if show_modules else "modules kept in FP32")

@@ -24,12 +24,12 @@ from gaqtool.quant.gptq import gptq_
 __all__ = ["calibration_subset", "quantize_loaded", "evaluate_pair", "write_quantized", "FORCE_MODE_NOTE"]
 
 FORCE_MODE_NOTE = {
-    "ste": "forces = -dE/dx by autograd with every activation rounding treated as identity in the "
-           "backward pass (straight-through); weights are constants, so weight-only models have "
-           "exactly conservative forces; for activation-quantized ones they are not the gradient of any "
-           "energy (NVE drift ~300x FP32 measured on aspirin W4A8)",
-    "conservative": "forces = -dE_s/dx where E_s is the model with activation rounding off (weights "
-                    "quantized): exactly conservative; the reported energy is the activation-quantized one",
+    "ste": "forces are -dE/dx straight through the activation rounding (the quantized network's own "
+           "forces, which this report, eval and lee-check measure), not the gradient of any energy, "
+           "so gaqtool md and GAQCalculator use conservative forces unless given --force-mode ste",
+    "conservative": "forces are -dE_s/dx of the model with activation rounding off (exactly "
+                    "conservative, what gaqtool md and GAQCalculator use by default), while the "
+                    "reported energy is the activation-quantized one",
 }
 
 

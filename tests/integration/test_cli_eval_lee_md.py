@@ -98,8 +98,7 @@ def test_eval_quantized_human_output(files):
     assert "MAE" in output and "RMSE" in output and "naive w4a8" in output
 
 
-def test_eval_parity_plot(files):
-    pytest.importorskip("matplotlib")
+def test_eval_parity_plot(files):  # matplotlib is in the [test] extra: this must not skip
     plot = files["dir"] / "parity.png"
     data = invoke("eval", str(files["fp32"]), "--frames", "2", "--plot", str(plot), "--json")
     assert data["plot"] == str(plot)
@@ -131,11 +130,17 @@ def test_lee_human_output_finds_parent_among_arguments(files):
     assert "x" in output.split("vs FP32")[1]  # ratio column filled in
 
 
-def test_lee_bare_command_uses_the_embedded_model(files, monkeypatch):
+def test_lee_bare_command_puts_the_embedded_model_beside_naive_and_gaq(files, monkeypatch):
     monkeypatch.setattr("gaqtool.io.loading.default_model_path", lambda: files["fp32"])
-    monkeypatch.setattr("gaqtool.cli.lee.default_model_path", lambda: files["fp32"])
+    monkeypatch.setattr("gaqtool.io.checkpoint.default_model_path", lambda: files["fp32"])
     data = invoke("lee-check", "--frames", "1", "--rotations", "1", "--json")
-    assert [r["path"] for r in data["rows"]] == [str(files["fp32"])]
+    floor, naive, gaq = data["rows"]
+    assert floor["path"] == str(files["fp32"]) and floor["ratio_to_floor"] == 1.0
+    assert (naive["label"], gaq["label"]) == ("naive w4a8, ste forces", "gaq w4a8, ste forces")
+    assert naive["parent"] == gaq["parent"] == str(files["fp32"])
+    lee = [row["lee"]["force_mean_mev_a"] for row in (floor, naive, gaq)]
+    assert lee[1] > 100 * lee[2] and lee[2] < 10 * lee[0]  # naive breaks symmetry; GAQ keeps the floor
+    assert any("quantized from it on the fly" in note for note in data["notes"])
     # a quantized file made from the embedded model gets it as its floor without --fp32
     data = invoke("lee-check", str(files["naive"]), "--frames", "1", "--rotations", "1", "--json")
     assert [r["role"] for r in data["rows"]] == ["fp32 floor", "quantized"]
@@ -190,9 +195,15 @@ def test_eval_force_mode_overrides_the_file(files):
     assert conservative["metrics"]["force_mae_mev_a"] != pytest.approx(stored["metrics"]["force_mae_mev_a"], rel=1e-6)
 
 
-def test_md_human_output(files):
-    output = invoke("md", str(files["fp32"]), "--steps", "3")
-    assert "drift" in output and "ok" in output
+def test_md_human_output(files, monkeypatch, capsys):
+    code, stdout, output = run_main(monkeypatch, capsys, "md", str(files["fp32"]), "--steps", "3")
+    assert code == 0
+    table = stdout.splitlines()
+    assert any("NVE velocity Verlet" in line and "3 steps" in line for line in table)
+    assert any(line.startswith("│ steps run") and "3/3" in line for line in table)
+    assert any("drift (meV/atom/ps)" in line and any(c.isdigit() for c in line.split("│")[-2]) for line in table)
+    assert any("status" in line and "ok" in line for line in table)
+    assert "start:" in output and "start:" not in stdout  # where it started: a log line on stderr
 
 
 # ---------------------------------------------------------------------------------- user errors

@@ -111,9 +111,9 @@ def test_eval_labelled_crystals_shows_stress_within_80_columns(cli, sevenn_files
     monkeypatch.setenv("COLUMNS", "80")
     result = cli("eval", "sevenn:7net-0", "--data", sevenn_files["labelled"], "--worst", "2", *FAST)
     assert result.exit_code == 0, result.output
-    assert "vs labels, 2 frames" in result.stderr and "stress (meV/A^3)" in result.stderr
-    assert "compared with labels: frames 0-1 (2 crystals)" in result.stderr
-    assert max(len(line) for line in result.stderr.splitlines()) <= 80
+    assert "vs labels, 2 frames" in result.stdout and "stress (meV/A^3)" in result.stdout
+    assert "compared with labels: frames 0-1 (2 crystals)" in result.stdout
+    assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
 def test_lee_check_finds_the_fp32_floor_of_a_quantized_sevenn_file(cli, sevenn_files):
@@ -149,8 +149,8 @@ def test_inspect_names_the_sevenn_source(cli, sevenn_files):
     assert data["model"]["source"]["name"] == "sevenn:7net-0"
     human = cli("inspect", sevenn_files["quantized"], "--no-tensors")
     assert human.exit_code == 0
-    assert "model sevenn (SevenNet-0)" in human.stderr and "quantized from sevenn:7net-0" in human.stderr
-    assert "int8 x" in human.stderr  # per-module weight bits
+    assert "model sevenn (SevenNet-0)" in human.stdout and "quantized from sevenn:7net-0" in human.stdout
+    assert "int8 x" in human.stdout  # per-module weight bits
 
 
 @pytest.mark.parametrize("case", ["unknown name", "modal missing", "element", "rmd17"])

@@ -52,13 +52,17 @@ def test_packed_weights_use_the_promised_bytes(tmp_path, train_frames):
         assert "layers.0.radial.out.inner.weight" not in qfile.tensors
 
 
-def test_same_inputs_and_seed_give_the_same_bytes(tmp_path, train_frames):
+def test_same_inputs_and_seed_give_the_same_bytes_whatever_the_wall_times(tmp_path, train_frames):
+    """Reports differ between runs only in their wall times, which the file leaves out (the
+    same check through the real command line: tests/integration/test_cli_robustness.py)."""
     paths = []
-    for name in ("a", "b"):
+    for name, seconds in (("a", 1.5), ("b", 7.25)):
         model, plan, config = _quantized(train_frames)
+        report = {"x": 1, "y": [1, 2], "seconds": {"total": seconds}, "qat": {"seconds": seconds, "best_epoch": 0}}
         paths.append(save_quantized(tmp_path / f"{name}.safetensors", model, config, plan, "cd" * 32,
-                                    report={"x": 1, "y": [1, 2]}))
+                                    report=report))
     assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert read_header(paths[0]).report == {"x": 1, "y": [1, 2], "qat": {"best_epoch": 0}}
 
 
 def test_golden_v1_file_still_loads_and_reproduces_its_outputs(test_frames):

@@ -7,10 +7,11 @@ import os
 import sys
 
 import typer
+from typer._click.exceptions import ClickException  # Typer's own copy of click
 
 from gaqtool import __version__
-from gaqtool.cli.console import console
-from gaqtool.errors import GaqtoolError
+from gaqtool.cli.console import log
+from gaqtool.errors import GaqtoolError, Interrupted
 
 app = typer.Typer(
     name="gaqtool",
@@ -18,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: wraps at any width (COLUMNS=80) without cutting option names
 )
 
 
@@ -44,22 +46,39 @@ def _register() -> None:
                 raise
 
 
+def _print_error(exc: GaqtoolError, json_document: bool = True) -> None:
+    if json_document and "--json" in sys.argv:
+        sys.stdout.write(json.dumps({"error": {"code": type(exc).__name__, "message": exc.message,
+                                               "hint": exc.hint}}) + "\n")
+    log.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        log.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app; user errors print ``error:``/``hint:`` and exit 1.
 
-    Click handles usage errors itself (exit 2); any other exception is a bug and keeps its
-    traceback. ``GAQTOOL_DEBUG=1`` shows tracebacks for user errors too.
+    Click handles usage errors itself (exit 2). Ctrl-C anywhere exits 130 with one line (a
+    command that keeps partial results raises ``Interrupted`` after saving them). Any other
+    exception is a bug and keeps its traceback. ``GAQTOOL_DEBUG=1`` shows tracebacks for user
+    errors too.
     """
-    _register()
     try:
-        app()
+        _register()
+        code = app(standalone_mode=False)
     except GaqtoolError as exc:
         if os.environ.get("GAQTOOL_DEBUG"):
             raise
-        if "--json" in sys.argv:
-            sys.stdout.write(json.dumps({"error": {"code": type(exc).__name__, "message": exc.message,
-                                                   "hint": exc.hint}}) + "\n")
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        if exc.hint:
-            console.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        _print_error(exc)
         sys.exit(exc.exit_code)
+    except ClickException as exc:  # usage errors: click's plain message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        _print_error(GaqtoolError("aborted"))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        code = 130
+    if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130, silently
+        _print_error(Interrupted("interrupted (Ctrl-C)"), json_document=False)
+    sys.exit(code if isinstance(code, int) else 0)

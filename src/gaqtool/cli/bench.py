@@ -31,7 +31,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json
+from gaqtool.cli.console import console, log, print_json
 from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, ModalOption
 from gaqtool.errors import InputError
 
@@ -240,6 +240,21 @@ def _ratios(results: list[dict]) -> dict:
     return ratios
 
 
+def _recorded_parent(quantized):
+    """The FP32 parent a quantized file records (named model, checkpoint with the recorded
+    SHA-256, or the embedded model), or an InputError that says where to find one."""
+    from gaqtool.cli.evaluate import recorded_parent
+    from gaqtool.io.checkpoint import default_model_path
+
+    parent, how = recorded_parent(quantized)
+    if parent is None:
+        raise InputError(f"bench {quantized.path.name} needs its FP32 parent: {how}",
+                         hint=f"gaqtool bench FP32_MODEL {quantized.path} (the embedded model is "
+                              f"{default_model_path()})")
+    log.print(f"[dim]FP32 parent: {how}[/]", highlight=False)
+    return parent
+
+
 def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_mode=None, modal=None):
     from gaqtool.config import QuantConfig
     from gaqtool.data.spec import default_spec, resolve_data
@@ -247,7 +262,9 @@ def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_
     from gaqtool.workflow import quantize_loaded
 
     fp32 = load_model(fp32_path, modal=modal)
-    if fp32.kind != "fp32":
+    if fp32.kind != "fp32" and quantized_path is None:  # `bench QUANTIZED`: its recorded parent
+        fp32, quantized_path = _recorded_parent(fp32), fp32_path
+    elif fp32.kind != "fp32":
         raise InputError(f"{fp32.path} is a quantized file, the first argument is the FP32 model",
                          hint="gaqtool bench FP32_MODEL.pt [QUANTIZED.safetensors]")
     if quantized_path is None:
@@ -260,8 +277,11 @@ def _load_pair(fp32_path: Optional[Path], quantized_path: Optional[Path], force_
     if loaded.kind != "quantized":
         raise InputError(f"{loaded.path} is not a quantized file",
                          hint="pass a .safetensors file written by `gaqtool quantize`")
-    if loaded.model.config != fp32.model.config:
-        console.print("[yellow]warning:[/] the quantized file's model config differs from the FP32 model's")
+    def architecture(config: dict) -> dict:  # the energy correction moves energy_shift
+        return {k: v for k, v in config.items() if k != "energy_shift"}
+
+    if architecture(loaded.model.config) != architecture(fp32.model.config):
+        log.print("[yellow]warning:[/] the quantized file's model config differs from the FP32 model's")
     return fp32, loaded.model, f"{loaded.label} from {loaded.path}"
 
 
@@ -295,9 +315,9 @@ def _render(data: dict) -> None:
                   "during one call; mem: vs fp32; dE (meV), dF (meV/A): max deviation from fp32[/]", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Latency and peak memory: FP32, bf16, fake-quant, int8.")
 def bench(
-    fp32_model: Annotated[Optional[Path], typer.Argument(help="FP32 model: checkpoint (.pt, SevenNet .pth) or named model (sevenn:7net-0). Default: the embedded aspirin model.", show_default=False)] = None,
+    fp32_model: Annotated[Optional[Path], typer.Argument(help="FP32 model: checkpoint (.pt, SevenNet .pth) or named model (sevenn:7net-0); or a quantized file alone, timed against the FP32 parent it records. Default: the embedded aspirin model.", show_default=False)] = None,
     quantized_file: Annotated[Optional[Path], typer.Argument(help="Quantized .safetensors of that model. Default: quantize it on the fly (gaq w4a8) in memory.", show_default=False)] = None,
     configs: Annotated[Optional[List[str]], typer.Option("--config", help=f"Configuration to run; repeatable; one of {', '.join(CONFIGS)} (fp32 always runs). Default: fp32, bf16, fake-quant, dynamics, int8.")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per configuration and system (median reported).")] = 10,
@@ -329,7 +349,7 @@ def bench(
     else:
         systems = bench_systems(read_npz(sample_path("test")), fp32.model.cutoff, batch_size,
                                 cluster_molecules, spacing)
-    on_step = None if json_output else (lambda s: console.print(f"[dim]running {s}[/]", highlight=False))
+    on_step = None if json_output else (lambda s: log.print(f"[dim]running {s}[/]", highlight=False))
     data = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "fp32_model": str(fp32.path), "quantized": note, "repeats": repeats, "warmup": warmup,
             "systems": [{"name": n, "atoms": len(b.numbers), "edges": len(b.edge_src), "description": d}

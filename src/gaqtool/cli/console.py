@@ -1,4 +1,9 @@
-"""Shared Rich console (stderr), progress-bar factory and JSON output helpers."""
+"""The two output streams and their helpers.
+
+Results (tables, reports, JSON) go to stdout through ``console``, so that ``gaqtool inspect f >
+info.txt`` captures them; progress bars, notes on what was read, warnings, "wrote ..." lines and
+errors go to stderr through ``log``.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,36 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["console", "progress", "print_json", "progress_enabled", "training_callback"]
+__all__ = ["console", "log", "warn", "progress", "print_json", "progress_enabled", "training_callback"]
 
-console = Console(stderr=True)
+console = Console()  # results: stdout
+log = Console(stderr=True)  # progress, notes, warnings, errors: stderr
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr."""
+    log.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def progress_enabled(json_mode: bool = False) -> bool:
     """Bars only on a terminal, never in --json mode or CI."""
-    return console.is_terminal and not json_mode and not os.environ.get("CI")
+    return log.is_terminal and not json_mode and not os.environ.get("CI")
 
 
 def progress(json_mode: bool = False, transient: bool = True) -> Progress:
     """A determinate progress bar on stderr (disabled when not a TTY, in --json mode or CI)."""
+    def cut(width: int) -> Column:  # shortened with '…' rather than pushing the counts off the line
+        return Column(max_width=width, no_wrap=True, overflow="ellipsis")
+
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=transient, disable=not progress_enabled(json_mode))
+        TextColumn("[bold]{task.description}", table_column=cut(24)), BarColumn(bar_width=16),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[info]}", table_column=cut(18)), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=log, transient=transient, disable=not progress_enabled(json_mode))
 
 
 def print_json(data: Any) -> None:
@@ -48,7 +64,7 @@ def training_callback(bar: Progress, task, prefix: str):
             return
         last["val"] = f"| val E {info['val_energy_mae_mev']:.1f} meV F {info['val_force_mae_mev_a']:.1f} meV/A"
         if not bar.live.is_started and distributed.is_main():
-            console.print(f"{prefix} {info['epoch']}: loss {info['train_loss']:.3e} {last['val']} "
+            log.print(f"{prefix} {info['epoch']}: loss {info['train_loss']:.3e} {last['val']} "
                           f"({info['seconds']:.0f} s)", highlight=False)
 
     return on_step

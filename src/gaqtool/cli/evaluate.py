@@ -11,24 +11,25 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import numpy as np
 import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress, warn
 from gaqtool.cli.options import (DeviceOption, ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 ThreadsOption, TrustPickleOption)
+                                 ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
-from gaqtool.io.atomic import atomic_write
-from gaqtool.io.loading import LoadedModel, file_sha256, load_model
-from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, deviation_metrics, predict
-from gaqtool.potential import check_species
+from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import KINDS, offset_note, reference_mismatch
+
+if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.io.loading import LoadedModel
+    from gaqtool.metrics.accuracy import Predictions
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 
@@ -73,6 +74,8 @@ def recorded_modal(loaded: LoadedModel) -> str | None:
 
 
 def _load_parent(source, trust_pickle: bool, modal: str | None) -> LoadedModel:
+    from gaqtool.io.loading import load_model
+
     parent = load_model(source, trust_pickle, modal=modal)
     if parent.kind != "fp32":
         raise InputError(f"{source} is a quantized file, not an FP32 parent",
@@ -92,6 +95,7 @@ def recorded_parent(loaded: LoadedModel, trust_pickle: bool = False,
     """
     from gaqtool.backends import backend_for_name
     from gaqtool.io.checkpoint import default_model_path
+    from gaqtool.io.loading import file_sha256
 
     cache = {} if cache is None else cache
     sha = loaded.info.get("source_sha256")
@@ -144,6 +148,8 @@ def fp32_reference(loaded: LoadedModel, fp32: Optional[Path], trust_pickle: bool
     """The model that frames without labels are compared with: ``--fp32`` if given (with the
     quantized file's fidelity), else the quantized model's recorded parent; an FP32 model has
     none of its own."""
+    from gaqtool.io.loading import file_sha256
+
     if fp32 is not None:
         modal = recorded_modal(loaded) if loaded.kind == "quantized" else None
         parent = _load_parent(fp32, trust_pickle, modal)
@@ -159,6 +165,8 @@ def fp32_reference(loaded: LoadedModel, fp32: Optional[Path], trust_pickle: bool
 
 def check_elements(loaded: LoadedModel, frames: Frames, data: str) -> None:
     """UnknownElementError (one line) for the first frame with elements the model lacks."""
+    from gaqtool.potential import check_species
+
     for k, numbers in enumerate(frames.numbers):
         check_species(numbers, loaded.model.species, display_name(loaded), f"frame {k} of {data}")
 
@@ -172,6 +180,8 @@ def _labelled(frames: Frames) -> np.ndarray:
 
 
 def _take(pred: Predictions, idx) -> Predictions:
+    from gaqtool.metrics.accuracy import Predictions
+
     idx = [int(i) for i in idx]
     return Predictions(pred.energies[idx], [pred.forces[i] for i in idx],
                        None if pred.stresses is None else [pred.stresses[i] for i in idx])
@@ -215,6 +225,7 @@ def _check_plot_path(plot: Optional[Path]) -> None:
     if plot.suffix.lstrip(".").lower() not in PLOT_FORMATS:
         raise InputError(f"--plot '{plot}' has an unsupported extension",
                          hint="use one of: " + ", ".join("." + f for f in PLOT_FORMATS))
+    check_writable(plot, "--plot")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -313,7 +324,7 @@ def _render(report: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------- command
 
-@app.command("eval")
+@app.command("eval", short_help="Energy, force and stress errors against labels or FP32.")
 def evaluate(
     model: ModelArgument = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Frames: rmd17 (the model's molecule), rmd17:<molecule>, universal (crystals and molecules made by code), or a file (.npz, extxyz, traj, ...; frames without labels are compared with the FP32 parent). Default: rmd17 for a model with a molecule, universal otherwise.", show_default=False)] = None,
@@ -333,13 +344,14 @@ def evaluate(
 ) -> None:
     """Energy, force and stress MAE / RMSE of a model against labels, or against its FP32
     parent on frames without labels."""
-    import torch
+    from gaqtool.io.loading import load_model
+    from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
 
     from gaqtool.device import place_model, select_device
 
     target = select_device(device)  # before any work
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
+    check_spec(data, "--data")
     _check_plot_path(plot)
     loaded = load_model(model, trust_pickle, force_mode, modal)
     place_model(loaded.model, target)
@@ -349,6 +361,11 @@ def evaluate(
     if num_frames is not None and num_frames < len(frames):
         frames = frames.subset(range(num_frames))
         note = f"{note}; first {num_frames} used"
+    elif num_frames is not None and num_frames > len(frames):
+        warn(f"--frames {num_frames}: {spec} has {len(frames)}; using {len(frames)}")
+    mismatch = composition_mismatch(frames, loaded.molecule)
+    if mismatch:
+        warn(mismatch)
     check_elements(loaded, frames, spec)
     labelled = _labelled(frames)
     with_labels = [int(i) for i in np.nonzero(labelled)[0]]
@@ -364,7 +381,7 @@ def evaluate(
         if parent is not None:
             check_elements(parent, frames.subset(without), spec)
     if not json_output:
-        console.print(f"[dim]{note}[/]", highlight=False)
+        log.print(f"[dim]{note}[/]", highlight=False)
     with progress(json_output) as bar:
         total = len(frames) + (len(without) if parent is not None else 0)
         task = bar.add_task("evaluating", total=total, info=loaded.label)
@@ -434,4 +451,4 @@ def evaluate(
         return
     _render(report)
     if plot is not None:
-        console.print(f"wrote {plot}", highlight=False)
+        log.print(f"wrote {plot}", highlight=False)

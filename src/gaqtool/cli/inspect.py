@@ -12,7 +12,6 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json
 from gaqtool.cli.options import JsonOption
-from gaqtool.io.safetensors_io import read_header
 from gaqtool.report import format_bytes
 
 
@@ -73,7 +72,7 @@ def _modules_table(modules: dict[str, dict]) -> Table:
     return table
 
 
-@app.command()
+@app.command(short_help="Header, modules and tensors of a quantized file.")
 def inspect(
     path: Annotated[Path, typer.Argument(help="Quantized .safetensors file written by `gaqtool quantize`.")],
     tensors: Annotated[bool, typer.Option("--tensors/--no-tensors", help="List every tensor.")] = True,
@@ -82,6 +81,8 @@ def inspect(
 ) -> None:
     """Show the header, metadata, source model, per-module bits and per-tensor bits and bytes
     of a quantized file."""
+    from gaqtool.io.safetensors_io import read_header
+
     qfile = read_header(path)
     rows = tensor_rows(qfile)
     model = model_summary(qfile)
@@ -120,7 +121,7 @@ def inspect(
     if tensors:
         table = Table(title="tensors")
         for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("bits", "right"), ("bytes", "right")):
-            table.add_column(col, justify=justify)
+            table.add_column(col, justify=justify, overflow="fold")  # names wrap, never cut
         for r in rows:
             table.add_row(r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", str(r["bits"]),
                           str(r["bytes"]))

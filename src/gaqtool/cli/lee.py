@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress, warn
 from gaqtool.cli.evaluate import check_elements, display_name, recorded_modal, recorded_parent
 from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 SeedOption, ThreadsOption, TrustPickleOption)
+                                 SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import InputError
-from gaqtool.io.checkpoint import default_model_path
-from gaqtool.io.loading import LoadedModel, file_sha256, load_model
-from gaqtool.metrics.equivariance import local_equivariance_error
-from gaqtool.metrics.localization import localize_equivariance
+
+if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.io.loading import LoadedModel
 
 ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
     help="Models: quantized .safetensors files, gaqtool checkpoints (.pt), SevenNet checkpoints "
-         "(.pth) or named models (sevenn:7net-0, ...). Default: the embedded model.",
+         "(.pth) or named models (sevenn:7net-0, ...). Default: the embedded FP32 model beside "
+         "naive and GAQ W4A8 quantized from it on the fly.",
     show_default=False)]
 
 
@@ -31,9 +31,43 @@ def load_models(sources: list[Optional[Path]], trust_pickle: bool, force_mode, m
                 ) -> list[LoadedModel]:
     """Load every source; ``--modal`` goes to the FP32 sources (a quantized file keeps its own),
     or to all of them when there is none, so that load_model refuses it."""
+    from gaqtool.io.loading import load_model
+
     takes_modal = [p is None or Path(p).suffix != ".safetensors" for p in sources]
     return [load_model(p, trust_pickle, force_mode, modal if takes or not any(takes_modal) else None)
             for p, takes in zip(sources, takes_modal)]
+
+
+DEFAULT_FRAMES = 8
+ON_THE_FLY_BITS = "w4a8"
+ON_THE_FLY_CALIB_FRAMES = 8
+
+
+def _on_the_fly(force_mode, rmd17_dir, notes: list[str]) -> tuple[list[LoadedModel], dict[str, LoadedModel]]:
+    """No model given: the embedded FP32 model, and naive and GAQ W4A8 quantized from it now
+    (calibration on fewer frames than ``quantize``'s, so that it stays quick; naive rounds its
+    weights to nearest, as the plain baseline does); each quantized model's parent is the FP32
+    one."""
+    from gaqtool.config import ForceMode, Method, QuantConfig, WeightRounding
+    from gaqtool.io.loading import LoadedModel, load_model
+    from gaqtool.workflow import quantize_loaded
+
+    fp32 = load_model(None)
+    calib = resolve_data(default_spec(fp32.molecule), "train", rmd17_dir, fp32.molecule)
+    mode = ForceMode(force_mode) if force_mode is not None else ForceMode.STE
+    models = [fp32]
+    for method, rounding in ((Method.NAIVE, WeightRounding.NEAREST), (Method.GAQ, WeightRounding.GPTQ)):
+        config = QuantConfig.from_preset(ON_THE_FLY_BITS, method=method, calib_frames=ON_THE_FLY_CALIB_FRAMES,
+                                         weight_rounding=rounding, force_mode=mode)
+        quantized, _ = quantize_loaded(fp32.model, config, calib.frames)
+        label = f"{config.method.value} {config.bits_label}, {mode.value} forces"
+        models.append(LoadedModel(quantized, Path(f"{config.method.value}-{config.bits_label}"), "quantized",
+                                  label, fp32.molecule, {"on_the_fly": True}))
+    notes.append(f"no model given: the embedded FP32 model beside naive (min-max, rounding to "
+                 f"nearest) and GAQ (default settings) {ON_THE_FLY_BITS}, quantized from it on the fly "
+                 f"with calibration on the first {ON_THE_FLY_CALIB_FRAMES} frames of "
+                 f"{calib.description}; pass files written by `gaqtool quantize` to check those")
+    return models, {str(m.path): fp32 for m in models[1:]}
 
 
 def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle: bool
@@ -45,6 +79,9 @@ def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle:
     file records (a named model such as ``sevenn:7net-0``, or its checkpoint found by name with
     the recorded SHA-256).
     """
+    from gaqtool.io.checkpoint import default_model_path
+    from gaqtool.io.loading import file_sha256, load_model
+
     notes: list[str] = []
     quantized = [m for m in models if m.kind == "quantized"]
     if fp32 is not None:
@@ -103,7 +140,12 @@ def _frames_for(molecule: str | None, data: str, rmd17_dir, num_frames: int, cac
     key = molecule if data.startswith("rmd17") else data
     if key not in cache:
         selection = resolve_data(data, "test", rmd17_dir, molecule)
+        if num_frames > len(selection.frames) and num_frames != DEFAULT_FRAMES:  # asked for, not the default
+            warn(f"--frames {num_frames}: {data} has {len(selection.frames)}; using {len(selection.frames)}")
         first = selection.frames.subset(range(min(num_frames, len(selection.frames))))
+        mismatch = composition_mismatch(first, molecule)
+        if mismatch:
+            warn(mismatch)
         cache[key] = (first, selection.frames)
         notes.append(f"{selection.note}; first {len(first)} used")
     return cache[key]
@@ -160,6 +202,9 @@ def _render(rows: list[dict[str, Any]], top: int, localize: bool) -> None:
 
 
 def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes) -> None:
+    from gaqtool.metrics.equivariance import local_equivariance_error
+    from gaqtool.metrics.localization import localize_equivariance
+
     cache: dict = {}
     for row in rows:  # data and elements first: no error after minutes of measuring
         loaded: LoadedModel = row["model"]
@@ -191,10 +236,10 @@ def _finish_rows(rows: list[dict[str, Any]]) -> None:
         row["ratio_to_floor"] = row["lee"]["force_mean_mev_a"] / floor if floor else None
 
 
-@app.command("lee-check")
+@app.command("lee-check", short_help="Local equivariance error beside the FP32 floor.")
 def lee_check(
     models: ModelsArgument = None,
-    num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = 8,
+    num_frames: Annotated[int, typer.Option("--frames", min=1, help="Test frames (the first N of --data).")] = DEFAULT_FRAMES,
     rotations: Annotated[int, typer.Option("--rotations", min=1, help="Haar-random rotations per frame (seeded).")] = 4,
     data: Annotated[Optional[str], typer.Option("--data", help="Frames: rmd17 (the model's molecule, test split), rmd17:<molecule>, universal (crystals and molecules made by code), or a file (extxyz, traj, ...; cells are rotated with the atoms). Default: rmd17 if the first model has a molecule, universal otherwise.", show_default=False)] = None,
     fp32: Annotated[Optional[Path], typer.Option("--fp32", help="FP32 parent (checkpoint or named model) for the floor row. Default: an FP32 argument or the embedded model whose SHA-256 matches the quantized file's source, or the named model / checkpoint the file records.")] = None,
@@ -210,12 +255,16 @@ def lee_check(
     json_output: JsonOption = False,
 ) -> None:
     """Local equivariance error |F(Rx) - R F(x)|, |E(Rx) - E(x)| of models, beside the FP32 floor."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal)
-    parents, notes = _find_parents(loaded, fp32, trust_pickle)
+    check_spec(data, "--data")
+    threads = use_threads(threads)
+    if models or fp32 is not None or modal is not None:
+        loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal)
+        parents, notes = _find_parents(loaded, fp32, trust_pickle)
+    else:
+        notes = []
+        with progress(json_output) as bar:
+            bar.add_task("quantizing on the fly", total=None, info="naive and GAQ W4A8")
+            loaded, parents = _on_the_fly(force_mode, rmd17_dir, notes)
     rows = _rows(loaded, parents)
     spec = data or default_spec(loaded[0].molecule)
     _measure(rows, spec, rmd17_dir, num_frames, rotations, seed, localize, json_output, notes)
@@ -227,7 +276,7 @@ def lee_check(
                     "threshold_mev_a": threshold, "exceeded": [r["path"] for r in exceeded]})
     else:
         for note in notes:
-            console.print(f"[dim]{note}[/]", highlight=False)
+            log.print(f"[dim]{note}[/]", highlight=False)
         _render(rows, top, localize)
     if exceeded:
         for r in exceeded:

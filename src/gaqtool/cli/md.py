@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import numpy as np
 import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress
+from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.evaluate import display_name
 from gaqtool.cli.lee import load_models
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
+from gaqtool.io.atomic import check_writable
 from gaqtool.config import ForceMode
-from gaqtool.data.spec import resolve_data
-from gaqtool.errors import DataError, InputError
-from gaqtool.io.loading import LoadedModel
-from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
+from gaqtool.data.spec import check_spec, resolve_data
+from gaqtool.errors import DataError, InputError, Interrupted
+
+if TYPE_CHECKING:  # torch- and ase-heavy; imported where used, so that --help stays fast
+    from gaqtool.io.loading import LoadedModel
+    from gaqtool.md import MDSettings
 
 ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
     help="Models run from the same start: quantized .safetensors files, gaqtool checkpoints (.pt), "
@@ -140,7 +143,7 @@ def _render(runs: list[dict[str, Any]], settings: MDSettings, periodic: bool = F
                   highlight=False)
 
 
-@app.command("md")
+@app.command("md", short_help="NVE dynamics: energy drift and blow-ups, side by side.")
 def md(
     models: ModelsArgument = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Start from a frame of: rmd17 (the model's molecule, test split), rmd17:<molecule>, universal, or a file (cells are kept). Default: rmd17 for a model with a molecule; for one without (SevenNet), a 64-atom silicon crystal.", show_default=False)] = None,
@@ -162,40 +165,55 @@ def md(
     json_output: JsonOption = False,
 ) -> None:
     """NVE molecular dynamics: total-energy drift and blow-ups, several models side by side."""
-    import torch
-
+    for path in _trajectory_paths(trajectory, len(models or [None])):
+        if path is not None:
+            check_writable(path, "--trajectory")
+    if structure is None:
+        check_spec(data, "--data")
     from gaqtool.ase import GAQCalculator
+    from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
 
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal)
     begin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
     start = initial_state(begin.numbers, begin.positions, temperature, seed, begin.cell, begin.pbc)
     origin = begin.origin
-    calculators = [GAQCalculator(m, force_mode=None, quantized_energy=quantized_energy)
+    calculators = [GAQCalculator(m, force_mode=None, quantized_energy=quantized_energy, threads=threads)
                    for m in loaded]  # loaded in force_mode above
     for calc in calculators:
         calc.check_atoms(start)  # unknown elements fail before any dynamics
     if not json_output:
-        console.print(f"[dim]start: {origin}[/]", highlight=False)
+        log.print(f"[dim]start: {origin}[/]", highlight=False)
     runs = []
     with progress(json_output) as bar:
         for k, (m, calc, traj) in enumerate(zip(loaded, calculators, _trajectory_paths(trajectory, len(loaded))), 1):
             task = bar.add_task(f"[{k}] {display_name(m)}", total=steps, info=m.label)
             result = run_nve(start, calc, settings, lambda n: bar.update(task, advance=n))
-            if traj is not None:
+            if result.steps_done < 0:  # Ctrl-C before the first energy: nothing to keep
+                break
+            if traj is not None and result.snapshots:
                 write_trajectory(traj, result.snapshots)
             runs.append({"path": str(m.path), "name": display_name(m), "label": m.label, "kind": m.kind,
-                         "summary": result.summary(),
-                         "series": result.series(), "trajectory": str(traj) if traj else None})
+                         "summary": result.summary(), "interrupted": result.interrupted,
+                         "series": result.series(), "trajectory": str(traj) if traj and result.snapshots else None})
+            if result.interrupted:
+                break
+    interrupted = len(runs) < len(loaded) or any(run["interrupted"] for run in runs)
     if json_output:
         print_json({"start": origin, "num_atoms": len(start), "periodic": begin.periodic,
                     "cell": begin.cell.tolist() if begin.periodic else None,
-                    "settings": settings.__dict__, "runs": runs})
+                    "settings": settings.__dict__, "runs": runs, "interrupted": interrupted})
+        if interrupted:
+            raise typer.Exit(130)
         return
-    _render(runs, settings, begin.periodic)
+    if runs:
+        _render(runs, settings, begin.periodic)
     for run in runs:
         if run["trajectory"]:
-            console.print(f"wrote {run['trajectory']}", highlight=False)
+            log.print(f"wrote {run['trajectory']}", highlight=False)
+    if interrupted:
+        done = runs[-1]["summary"]["steps_done"] if runs else 0
+        raise Interrupted(f"interrupted (Ctrl-C) at step {done} of model [{max(1, len(runs))}]" +
+                          ("; the table shows the steps done" if runs else ""))

@@ -18,7 +18,9 @@ Rmd17DirOption = Annotated[Optional[Path], typer.Option(
          "Unset: the shipped aspirin sample is used.")]
 TrustPickleOption = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading checkpoints that contain pickled Python objects (only for files you trust).")]
-ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1, help="Torch CPU threads (default: torch's choice).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="Torch CPU threads. Default: one per core that is free now (OMP_NUM_THREADS if set).",
+    show_default=False)]
 ForceModeOverrideOption = Annotated[Optional[ForceMode], typer.Option(
     "--force-mode",
     help="Forces of activation-quantized models: conservative (-dE_s/dx of the model with activation "
@@ -31,3 +33,17 @@ ModalOption = Annotated[Optional[str], typer.Option(
 DeviceOption = Annotated[str, typer.Option(
     "--device", help="Where the model runs: cpu, cuda, cuda:N or auto (CUDA if present). Data "
                      "loading and metrics stay on the CPU.")]
+
+
+def use_threads(threads: int | None) -> int:
+    """Set torch's threads (``gaqtool.threads``); say so on stderr when the default leaves cores
+    out because they are busy."""
+    from gaqtool.cli.console import log
+    from gaqtool.threads import configure_threads, usable_cores
+
+    chosen = configure_threads(threads)
+    cores = len(usable_cores())
+    if threads is None and chosen < cores:
+        log.print(f"[dim]{chosen} torch thread{'s' if chosen != 1 else ''}: {cores - chosen} of {cores} cores "
+                  "busy (--threads N to choose)[/]", highlight=False)
+    return chosen

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import DeviceOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
-from gaqtool import distributed
-from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
-from gaqtool.data.spec import default_spec, resolve_data
+from gaqtool.cli.console import console, log, print_json, progress, training_callback, warn
+from gaqtool.cli.options import DeviceOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
+from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
+                            WeightRounding)
+from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import InputError
-from gaqtool.io.atomic import atomic_write
-from gaqtool.io.loading import load_model
-from gaqtool.qat import QATOptions, QATTargets, run_qat
+from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import render_quantize_report
-from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
+
+if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.qat import QATOptions
+
+EVAL_FRAMES = 200
+LEE_FRAMES = 16
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
     help="FP32 model to quantize: a gaqtool checkpoint (.pt), a SevenNet checkpoint (.pth) or a "
@@ -50,12 +54,12 @@ def build_config(bits, method, group_size, observer, percentile, direction_mode,
         keep_wide=_keep_patterns(keep_wide))
 
 
-def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: QATOptions, start):
-    """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place); returns
-    (converted model, summary for the report)."""
-    distributed.init_from_env()
-    train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
-    val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
+def _fine_tune(loaded, config, calib, train, val, bar, options: QATOptions, start):
+    """Run QAT from the PTQ model ``start`` (calibrated once, fine-tuned in place) on the
+    resolved ``train`` / ``val`` selections; returns (converted model, summary for the report)."""
+    from gaqtool import distributed
+    from gaqtool.qat import run_qat
+
     steps = options.epochs * -(-(len(train.frames) // distributed.world_size()) // options.batch_size)
     task = bar.add_task("QAT", total=steps, info="")
     on_step = training_callback(bar, task, "QAT epoch")
@@ -67,7 +71,33 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
     return result.model, summary
 
 
-@app.command()
+def _clamped(option: str, asked: int, available: int, what: str, default: int) -> int:
+    """``min(asked, available)``, with a warning when that is fewer than the user asked for
+    (a default larger than the data, e.g. 32 calibration frames of a 24-structure set, is
+    used silently: the data notes give the counts)."""
+    if asked > available and asked != default:
+        warn(f"{option} {asked}: {what} has {available}; using {available}")
+    return min(asked, available)
+
+
+def _write_outputs(output: Path, report_path: Path | None, write_model, started: float) -> dict:
+    """All or nothing: the model goes to a staging file next to ``output``, then the --report
+    JSON is written, and only then is the model moved into place. If the report fails, no model
+    file is left (an existing ``output`` is untouched). Returns the completed report."""
+    staged = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        report = write_model(staged)
+        report["output"] = str(output)
+        report["seconds"]["total"] = time.perf_counter() - started
+        if report_path:
+            atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=float)))
+        os.replace(staged, output)
+    finally:
+        staged.unlink(missing_ok=True)
+    return report
+
+
+@app.command(short_help="Quantize an FP32 model to a bit-packed file, with a report.")
 def quantize(
     model: ModelArgument = None,
     bits: Annotated[str, typer.Option("--bits", help="Bit widths: wXaY (X in 2,4,8; Y in 8,16), or wX for weight-only.")] = "w4a8",
@@ -77,15 +107,15 @@ def quantize(
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
     weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. Default: mse for post-training quantization, minmax as the start of QAT (LSQ learns its own clipping; MSE-clipped starts fine-tuned worse). --method naive always uses one min-max scale per tensor.", show_default=False)] = None,
-    weight_rounding: Annotated[WeightRounding, typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. With --qat-epochs the latent weights start from these rounded ones (gptq: 39.0 vs 39.8 meV/A after 10 epochs, docs/studies-aspirin.md).")] = WeightRounding.GPTQ,
+    weight_rounding: Annotated[WeightRounding, typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. With --qat-epochs the latent weights start from these rounded ones.")] = WeightRounding.GPTQ,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
     codebook_size: Annotated[int, typer.Option("--codebook-size", min=4, help="Points of the spherical codebook for --direction-mode codebook.")] = 256,
     calib_frames: Annotated[int, typer.Option("--calib-frames", min=1, help="Calibration molecules.")] = 32,
     calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Calibration frames: rmd17:<molecule> (train split) or a file. Default: the model's molecule.")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Held-out frames for the report: rmd17:<molecule> (test split) or a file. Default: the model's molecule.")] = None,
-    eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = 200,
-    lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = 16,
+    eval_frames: Annotated[int, typer.Option("--eval-frames", min=1, help="Held-out frames used for the report's MAE.")] = EVAL_FRAMES,
+    lee_frames: Annotated[int, typer.Option("--lee-frames", min=1, help="Frames for the LEE check.")] = LEE_FRAMES,
     lee_rotations: Annotated[int, typer.Option("--lee-rotations", min=1, help="Random rotations per LEE frame.")] = 4,
     keep_fp32: Annotated[Optional[List[str]], typer.Option("--keep-fp32", help="Modules to keep in FP32, repeatable: a role the model's backend declares (role:species_embedding, role:readout, role:radial) or an fnmatch pattern of module paths (see --show-modules); 'none' quantizes every module. Default: role:species_embedding (its 4-bit error no later layer can undo) for gaq and weight-only, none for naive.", show_default=False)] = None,
     keep_wide: Annotated[Optional[List[str]], typer.Option("--keep-wide", help="Modules whose weights use --small-fan-in-bits (8) whatever their fan-in, repeatable: a role (e.g. role:readout) or a path pattern. Default: none.", show_default=False)] = None,
@@ -98,7 +128,7 @@ def quantize(
     vector_warmup: Annotated[int, typer.Option("--vector-warmup", min=0, help="QAT epochs before l>0 activations are quantized (scalars are quantized from the start).")] = 1,
     activation_warmup: Annotated[int, typer.Option("--activation-warmup", min=0, help="QAT epochs with no activation quantized at all (weights only) before the scalar and, after --vector-warmup, the l>0 activations are switched on.")] = 0,
     lee_weight: Annotated[float, typer.Option("--lee-weight", min=0.0, help="Weight of the QAT equivariance penalty |F(Rx) - R F(x)|^2 with a random rotation per step (0: off).")] = 0.0,
-    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule). Measured on aspirin W4A8 (docs/studies-aspirin.md): 5e-4 over 10 epochs fitted better than 3e-4 over 10 or 12 and 1e-4 over 20.")] = 5e-4,
+    qat_lr: Annotated[float, typer.Option("--qat-lr", min=0.0, help="Peak learning rate of QAT (Adam, cosine schedule).")] = 5e-4,
     qat_batch_size: Annotated[int, typer.Option("--qat-batch-size", min=1, help="Molecules per QAT step.")] = 8,
     qat_targets: Annotated[QATTargets, typer.Option("--qat-targets", help="What QAT fits: teacher (the FP32 parent's energies and forces on the training frames: distillation) or labels (the DFT reference). Validation always uses the labels.")] = QATTargets.TEACHER,
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
@@ -119,20 +149,28 @@ def quantize(
     With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
-    import torch
-
     from gaqtool.device import place_model, select_device
 
     target = select_device(device)  # before any work
-    if threads:
-        torch.set_num_threads(threads)
+    check_writable(output, "--output")
     if output.suffix != ".safetensors":
         raise InputError(f"--output must end in .safetensors, got '{output}'")
+    if report_path is not None:
+        check_writable(report_path, "--report")
+    for option, spec in (("--calib-data", calib_data), ("--eval-data", eval_data), ("--data", data)):
+        check_spec(spec, option)
     if weight_clip is None:
         weight_clip = WeightClip.MINMAX if qat_epochs else WeightClip.MSE
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
+
+    from gaqtool import distributed
+    from gaqtool.io.loading import load_model
+    from gaqtool.qat import QATOptions
+    from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
+
+    threads = use_threads(threads)
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle, modal=modal)
     place_model(loaded.model, target)
@@ -141,16 +179,30 @@ def quantize(
     molecule = loaded.molecule
     calib = resolve_data(calib_data or default_spec(molecule), "train", rmd17_dir, molecule)
     evaluation = resolve_data(eval_data or default_spec(molecule), "test", rmd17_dir, molecule)
-    eval_set = evaluation.frames.subset(range(min(eval_frames, len(evaluation.frames))))
+    train = val = None
+    if qat_epochs:  # resolved now: a bad --data fails before calibration, not after it
+        distributed.init_from_env()
+        train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
+        val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
+    n_calib = _clamped("--calib-frames", config.calib_frames, len(calib.frames), "the calibration data",
+                       QuantConfig.calib_frames)
+    n_eval = _clamped("--eval-frames", eval_frames, len(evaluation.frames), "the evaluation data",
+                      EVAL_FRAMES)
+    eval_set = evaluation.frames.subset(range(n_eval))
+    lee_frames = _clamped("--lee-frames", lee_frames, n_eval, "the evaluation set", LEE_FRAMES)
+    for role, selection in (("calibration", calib), ("evaluation", evaluation), ("QAT", train)):
+        mismatch = selection is not None and composition_mismatch(selection.frames, molecule)
+        if mismatch:
+            warn(f"{role} data: {mismatch}")
     if not json_output:
-        console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
+        log.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
     qat_summary = None
     with progress(json_output) as bar:
-        task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")
+        task = bar.add_task("calibrating", total=n_calib, info="")
         quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
                                           lambda n: bar.update(task, advance=n))
         if qat_epochs:
-            quantized, qat_summary = _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar,
+            quantized, qat_summary = _fine_tune(loaded, config, calib, train, val, bar,
                                                 QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
                                                            activation_warmup=activation_warmup,
                                                            lee_weight=lee_weight, tangent_projection=tangent_projection,
@@ -169,7 +221,7 @@ def quantize(
         "bits": config.bits_label, "method": config.method.value, "config": config.to_dict(),
         "source": {"path": str(loaded.path), "kind": loaded.kind, "name": loaded.info.get("source"),
                    "modal": modal},
-        "calibration": {"frames": min(config.calib_frames, len(calib.frames)), "data": calib.description},
+        "calibration": {"frames": n_calib, "data": calib.description},
         "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,
         "size": size_summary(loaded, quantized),
@@ -177,17 +229,16 @@ def quantize(
         "unquantized_parameters": plan.unquantized_parameters,
         "force_mode": (f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}"
                        if config.quantizes_activations else
-                       "exact: -dE/dx by autograd (weight-only: no activation rounding)"),
+                       "exact: forces are -dE/dx by autograd in every command (weight-only: no "
+                       "activation rounding)"),
         "seconds": {"quantize_calibrate": t_quant},
     }
     if qat_summary:
         report["qat"] = qat_summary
-    report = write_quantized(output, loaded, quantized, plan, config, report)
-    report["seconds"]["total"] = time.perf_counter() - started
-    if report_path:
-        atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=float)))
+    report = _write_outputs(output, report_path, lambda path: write_quantized(
+        path, loaded, quantized, plan, config, report), started)
     if json_output:
         print_json(report)
         return
     render_quantize_report(report, console, show_modules)
-    console.print(f"wrote {output} in {report['seconds']['total']:.1f} s", highlight=False)
+    log.print(f"wrote {output} in {report['seconds']['total']:.1f} s", highlight=False)

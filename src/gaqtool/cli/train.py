@@ -8,24 +8,21 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
-from gaqtool import distributed
+from gaqtool.architecture import DEFAULT_CONFIG
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import DeviceOption, JsonOption, Rmd17DirOption, SeedOption, ThreadsOption
+from gaqtool.cli.console import console, log, print_json, progress, training_callback
+from gaqtool.cli.options import DeviceOption, JsonOption, Rmd17DirOption, SeedOption, ThreadsOption, use_threads
 from gaqtool.data.spec import resolve_data
-from gaqtool.device import place_model, select_device
 from gaqtool.errors import InputError
-from gaqtool.io.checkpoint import load_checkpoint_model, save_checkpoint
-from gaqtool.metrics.accuracy import accuracy_metrics, predict
-from gaqtool.models.potential import DEFAULT_CONFIG, build_model
-from gaqtool.training import TrainOptions, fit_energy_shift, force_rms, train_model
+from gaqtool.io.atomic import check_writable
 
 
 def _model_config(train_frames, overrides: dict) -> dict:
+    from gaqtool.training import fit_energy_shift, force_rms
+
     config = dict(DEFAULT_CONFIG, **overrides)
     present = sorted({int(z) for numbers in train_frames.numbers for z in numbers})
     config["species"] = sorted(set(config["species"]) | set(present))
@@ -36,7 +33,7 @@ def _model_config(train_frames, overrides: dict) -> dict:
     return config
 
 
-@app.command()
+@app.command(short_help="Train the reference FP32 potential (a .pt checkpoint).")
 def train(
     data: Annotated[str, typer.Option("--data", help="Training data: rmd17:<molecule> (950 train / 50 val from split 01) or a file.")] = "rmd17:aspirin",
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt).")] = Path("model.pt"),
@@ -66,16 +63,25 @@ def train(
     """
     if attention not in ("cosine", "dot"):
         raise InputError(f"--attention must be 'cosine' or 'dot', got '{attention}'")
+    check_writable(output, "--output")
+    import torch
+
+    from gaqtool import distributed
+    from gaqtool.device import place_model, select_device
+    from gaqtool.io.checkpoint import load_checkpoint_model, save_checkpoint
+    from gaqtool.metrics.accuracy import accuracy_metrics, predict
+    from gaqtool.models.potential import build_model
+    from gaqtool.training import TrainOptions, train_model
+
     target = select_device(device)  # before any work
-    if threads:
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     distributed.init_from_env()  # data-parallel when launched by torchrun
     torch.manual_seed(seed)
     train_sel = resolve_data(data, "train", rmd17_dir)
     val_sel = resolve_data(data, "val", rmd17_dir)
     test_sel = resolve_data(data, "test", rmd17_dir) if data.startswith("rmd17") else None
     if not json_output:
-        console.print(f"[dim]{train_sel.note}[/]")
+        log.print(f"[dim]{train_sel.note}[/]")
     train_frames = train_sel.frames
     if train_frames_limit:
         train_frames = train_frames.subset(range(min(train_frames_limit, len(train_frames))))

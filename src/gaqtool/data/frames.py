@@ -8,6 +8,8 @@ unlabelled file has NaN energies and forces (evaluated against the FP32 parent, 
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -122,13 +124,37 @@ def _validated(numbers, coords, energies, forces, source: str) -> None:
                             hint="remove the broken frames from the file")
 
 
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, or a one-line DataError saying what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not an .npz file", hint="name the .npz file in it")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}", hint="check the path")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path} is empty (0 bytes)", hint="give an rMD17 or sGDML .npz file (numpy.savez)")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            zip_start = handle.read(4) == b"PK\x03\x04"
+        if zip_start:
+            raise DataError(f"{path} is truncated or corrupted (a zip archive without its end)",
+                            hint="download or write the file again")
+        raise DataError(f"{path} is not an .npz file (not a zip archive)",
+                        hint="give an rMD17 or sGDML .npz file (numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path} is truncated or corrupted: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}",
+                        hint="download or write the file again") from None
+
+
 def read_npz(path: Path) -> Frames:
     """Read an rMD17 npz (kcal/mol) or sGDML-style npz (keys R, z, E, F; kcal/mol)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        keys = set(data.files)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}", hint="is it a numpy .npz file?") from None
+    data = _npz_arrays(path)
+    keys = set(data)
     if {"nuclear_charges", "coords", "energies", "forces"} <= keys:
         numbers, coords = data["nuclear_charges"], data["coords"]
         energies, forces = data["energies"], data["forces"]
@@ -218,6 +244,8 @@ def _stress_matrix(stress: np.ndarray | None) -> np.ndarray:
 def read_frames(path: Path) -> Frames:
     """Read labelled frames from ``path``: ``.npz`` as rMD17/sGDML, anything else with ASE."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a data file", hint="name a file in it")
     if not path.is_file():
         raise DataError(f"data file not found: {path}", hint="check the path")
     if path.suffix == ".npz":

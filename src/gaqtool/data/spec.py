@@ -30,6 +30,8 @@ __all__ = [
     "sample_path",
     "default_spec",
     "UNIVERSAL",
+    "check_spec",
+    "composition_mismatch",
 ]
 
 UNIVERSAL = "universal"
@@ -37,6 +39,13 @@ _UNIVERSAL_PARTS = {"train": "calib", "train-all": "calib", "val": "val", "test"
 
 RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde",
                    "naphthalene", "paracetamol", "salicylic", "toluene", "uracil")
+# atoms per element (atomic number: count) of each rMD17 molecule
+RMD17_COMPOSITION = {
+    "aspirin": {1: 8, 6: 9, 8: 4}, "azobenzene": {1: 10, 6: 12, 7: 2}, "benzene": {1: 6, 6: 6},
+    "ethanol": {1: 6, 6: 2, 8: 1}, "malonaldehyde": {1: 4, 6: 3, 8: 2}, "naphthalene": {1: 8, 6: 10},
+    "paracetamol": {1: 9, 6: 8, 7: 1, 8: 2}, "salicylic": {1: 6, 6: 7, 8: 3}, "toluene": {1: 8, 6: 7},
+    "uracil": {1: 4, 6: 4, 7: 2, 8: 2},
+}
 RMD17_ENV = "GAQTOOL_RMD17_DIR"
 SPLIT_SEED = 0
 NUM_VALIDATION = 50
@@ -108,6 +117,45 @@ def _rmd17_dir(rmd17_dir: Path | str | None) -> Path | None:
     return path
 
 
+def check_spec(spec: str | None, option: str) -> None:
+    """DataError now, before any work, for a spec that cannot resolve: an unknown rMD17
+    molecule or a file that does not exist (its contents are read later)."""
+    if spec is None or spec in (UNIVERSAL, "rmd17"):
+        return
+    if spec.startswith("rmd17:"):
+        molecule = spec.split(":", 1)[1].lower()
+        if molecule not in RMD17_MOLECULES:
+            raise DataError(f"{option} {spec}: unknown rMD17 molecule '{molecule}'",
+                            hint="choose one of: " + ", ".join(RMD17_MOLECULES))
+        return
+    path = Path(spec)
+    if path.is_dir():
+        raise DataError(f"{option} {spec} is a directory, not a data file", hint="name a file in it")
+    if not path.is_file():
+        raise DataError(f"{option} {spec}: data file not found",
+                        hint="give a file, rmd17:<molecule> or universal")
+
+
+def composition_mismatch(frames: Frames, molecule: str | None) -> str | None:
+    """A warning when the frames are not the molecule the model was fitted to (its energies
+    there mean nothing: e.g. ethanol given to the aspirin model), else None."""
+    expected = RMD17_COMPOSITION.get(molecule or "")
+    if expected is None or not len(frames):
+        return None
+    differing = 0
+    for numbers in frames.numbers:
+        values, counts = np.unique(np.asarray(numbers), return_counts=True)
+        differing += dict(zip(values.tolist(), counts.tolist())) != expected
+    if not differing:
+        return None
+    formula = "".join(f"{_SYMBOLS.get(z, z)}{n if n > 1 else ''}" for z, n in sorted(expected.items(), key=lambda i: (i[0] != 6, i[0])))
+    return (f"{differing} of {len(frames)} frames are not {molecule} ({formula}), the molecule the model "
+            "was fitted to: its energies and forces there are not meaningful")
+
+
+_SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O"}
+
+
 def default_spec(molecule: str | None) -> str:
     """The data a model is checked on when none is given: rMD17 of the molecule it was fitted
     to, or the universal set for a model with no molecule (e.g. SevenNet)."""
@@ -155,6 +203,7 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
                 f"sample of {len(frames)} aspirin {file_split} frames")
         if split in ("train", "val"):
             frames = standard_split(frames, split)
+            note += f", its {split} part: {len(frames)} frames"
         description = f"shipped rMD17 aspirin {file_split} sample, {split}: {len(frames)} frames"
     else:
         frames = _read_rmd17_split(directory, molecule, file_split)

@@ -81,9 +81,10 @@ def read_payload(path: Path | str, trust_pickle: bool = False) -> Any:
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
         raise ModelLoadError(
             f"{path} holds pickled Python objects outside gaqtool's allowlist, which are not "
-            f"loaded by default: {_first_line(exc)}",
+            f"loaded by default: {refused.group(1) if refused else _first_line(exc)}",
             hint="only if you trust the file's origin, pass --trust-pickle") from None
     except Exception as exc:  # zip errors, truncated files, wrong format
         raise ModelLoadError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}",

@@ -63,6 +63,10 @@ def load_model(path: Path | str | None = None, trust_pickle: bool = False,
         return LoadedModel(source.model, source.path, "fp32", "fp32", source.molecule,
                            {**source.info, "source": str(path)})
     path = Path(path) if path is not None else default_model_path()
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not a model file",
+                             hint="pass a checkpoint file (.pt/.pth), a quantized .safetensors file "
+                                  "or a named model such as sevenn:7net-0")
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}",
                              hint="check the path (named models look like sevenn:7net-0)")

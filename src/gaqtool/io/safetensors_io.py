@@ -106,7 +106,8 @@ def _storage_dtype(key: str, value: torch.Tensor) -> torch.Tensor:
 
 # Report parts the file holds elsewhere (plan, quant_config) or that follow from the config
 # (the force-mode note): the full report is printed and written by --report.
-_REPORT_KEYS_NOT_STORED = ("modules", "unquantized_parameters", "config", "force_mode")
+# wall times ('seconds') are left out so that the same inputs and seed give the same bytes
+_REPORT_KEYS_NOT_STORED = ("modules", "unquantized_parameters", "config", "force_mode", "seconds")
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:
@@ -130,7 +131,7 @@ def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
     if isinstance(stored.get("source"), dict) and "path" in stored["source"]:
         stored["source"] = {**stored["source"], "path": Path(stored["source"]["path"]).name}
     if isinstance(stored.get("qat"), dict):
-        stored["qat"] = {k: v for k, v in stored["qat"].items() if k != "history"}
+        stored["qat"] = {k: v for k, v in stored["qat"].items() if k not in ("history", "seconds")}
     return stored
 
 
@@ -169,8 +170,18 @@ class QuantizedFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise FormatError(f"{self.path} is a directory, not a quantized file",
+                              hint="name the .safetensors file written by `gaqtool quantize`")
         if not self.path.is_file():
             raise FormatError(f"file not found: {self.path}", hint="check the path")
+        with open(self.path, "rb") as handle:
+            head = handle.read(8)
+        too_long = len(head) < 8 or struct.unpack("<Q", head)[0] > self.path.stat().st_size
+        if too_long and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # zip or pickle
+            raise FormatError(f"{self.path} is a PyTorch checkpoint, not a quantized .safetensors file",
+                              hint="inspect reads files written by `gaqtool quantize`; eval, lee-check and "
+                                   "md read checkpoints too")
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 self.raw_metadata = handle.metadata() or {}

@@ -16,25 +16,10 @@ from torch import nn
 
 from gaqtool.data.graph import Batch
 from gaqtool.models.layers import EquivariantAttentionLayer
+from gaqtool.architecture import DEFAULT_CONFIG  # light module: the CLI reads it for --help
 from gaqtool.models.radial import BesselBasis, polynomial_envelope
 
 __all__ = ["DEFAULT_CONFIG", "EquivariantAttentionPotential", "build_model"]
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "architecture": "equivariant_attention_potential",
-    "species": [1, 6, 7, 8],
-    "num_channels": 32,
-    "lmax": 2,
-    "num_layers": 3,
-    "cutoff": 5.0,
-    "num_basis": 8,
-    "radial_hidden": 64,
-    "num_heads": 4,
-    "key_dim": 16,
-    "attention": "cosine",
-    "energy_scale": 1.0,
-    "energy_shift": {},
-}
 
 
 class EquivariantAttentionPotential(nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -133,6 +134,12 @@ class QuantPlan:
         return {"entries": self.entries, "unquantized_parameters": self.unquantized_parameters}
 
 
+def _builtin_handlers() -> None:
+    """Register the reference potential's module kinds (its backend registers them on import;
+    imported by name here, so that quant/ does not depend on models/)."""
+    importlib.import_module("gaqtool.backends.reference")
+
+
 def _kind_of(module: nn.Module) -> str | None:
     for kind, (matches, _) in HANDLERS.items():
         if matches(module):
@@ -148,6 +155,7 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, QuantPlan]:
     """Quantize ``model`` in place (weights now; activation scales by ``calibrate``)."""
+    _builtin_handlers()
     plan = QuantPlan()
     roles = module_roles(model)
     swaps: list[tuple[str, nn.Module, str]] = []

@@ -1,6 +1,6 @@
 """QAT probe: W4A8 PTQ vs a short QAT (3 epochs on every 4th training frame) on the embedded model.
 
-    python benchmarks/qat_probe.py     (reads ../shared/data/rmd17; writes benchmarks/results/qat_probe.json)
+    python studies/qat_probe.py     (reads ../shared/data/rmd17; writes studies/qat_probe.json)
 """
 import time, json, torch
 torch.set_num_threads(1)
@@ -38,4 +38,4 @@ res["qat_seconds"] = time.perf_counter() - t
 lf = test.subset(range(10))
 res["lee"] = {k: local_equivariance_error(mm, lf, 2, 0)["force_mean_mev_a"] for k, mm in (("fp32", m.model), ("ptq", ptq), ("qat", out.model))}
 print(json.dumps(res, indent=1, default=float), flush=True)
-json.dump(res, open("benchmarks/results/qat_probe.json", "w"), indent=1, default=float)
+json.dump(res, open("studies/qat_probe.json", "w"), indent=1, default=float)
