@@ -14,6 +14,7 @@ __all__ = [
     "FormatError",
     "UnsupportedModelError",
     "UnknownElementError",
+    "BudgetError",
 ]
 
 
@@ -51,3 +52,7 @@ class UnsupportedModelError(GaqtoolError):
 class UnknownElementError(DataError, ValueError):
     """A structure holds an element the model has no parameters for (also a ValueError, which
     is what models raise for it)."""
+
+
+class BudgetError(GaqtoolError):
+    """An error budget (``--max-error``) cannot be met with the bits allowed."""
