@@ -14,13 +14,18 @@ from gaqtool.cli.console import console, print_json, progress, training_callback
 from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
-from gaqtool.data.spec import default_spec, resolve_data
-from gaqtool.errors import InputError
+from gaqtool.data.frames import shared_structures
+from gaqtool.data.spec import UNIVERSAL, DataSelection, default_spec, resolve_data
+from gaqtool.errors import DataError, InputError
 from gaqtool.io.atomic import atomic_write
 from gaqtool.io.loading import load_model
 from gaqtool.qat import QATOptions, QATTargets, run_qat
+from gaqtool.quant.bitmap import bit_map
+from gaqtool.quant.budget import check_budget, parse_budget
+from gaqtool.quant.mixed_precision import search_bit_map
 from gaqtool.report import render_quantize_report
-from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
+from gaqtool.workflow import (FORCE_MODE_NOTE, calibration_subset, evaluate_pair, quantize_loaded, size_summary,
+                              write_quantized)
 
 ModelArgument = Annotated[Optional[Path], typer.Argument(
     help="FP32 model to quantize: a gaqtool checkpoint (.pt), a SevenNet checkpoint (.pth) or a "
@@ -67,6 +72,33 @@ def _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar, options: Q
     return result.model, summary
 
 
+def _validation_data(spec: str | None, calib_spec: str, rmd17_dir, molecule, calib_frames, config,
+                     eval_set, val_frames: int | None) -> DataSelection:
+    """The frames an error budget is checked on: ``--val-data`` or the validation part of the
+    calibration data; refused when they share a structure with calibration or test."""
+    if spec is None and not (calib_spec in ("rmd17", UNIVERSAL) or calib_spec.startswith("rmd17:")):
+        raise InputError("--max-error with a calibration file needs --val-data",
+                         hint="give validation frames that are neither calibration nor test frames")
+    selection = resolve_data(spec or calib_spec, "val", rmd17_dir, molecule)
+    if val_frames:
+        selection.frames = selection.frames.subset(range(min(val_frames, len(selection.frames))))
+    for other, name in ((calibration_subset(config, calib_frames), "calibration"), (eval_set, "test")):
+        shared = shared_structures(selection.frames, other)
+        if shared:
+            raise DataError(f"{shared} validation structure(s) are also {name} structures",
+                            hint="give --val-data frames disjoint from calibration and test")
+    return selection
+
+
+def _stage_bars(bar):
+    """``search_bit_map``'s progress: one bar per stage of the search."""
+    def stage(description: str, total: int):
+        task = bar.add_task(description, total=total, info="")
+        return lambda n=1: bar.update(task, advance=n)
+
+    return stage
+
+
 @app.command()
 def quantize(
     model: ModelArgument = None,
@@ -104,6 +136,10 @@ def quantize(
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
     qat_ema_decay: Annotated[float, typer.Option("--qat-ema-decay", min=0.0, max=0.9999, help="Per-step decay of the moving average of the QAT weights that is validated and written (0.9: about the last 10 steps; 0.99: about 100).")] = 0.9,
     tangent_projection: Annotated[bool, typer.Option("--tangent-projection/--no-tangent-projection", help="QAT: straight-through on the unit direction, so direction gradients are projected onto the sphere's tangent space.")] = True,
+    max_error: Annotated[Optional[str], typer.Option("--max-error", help="Error budget: choose per-module weight bits and per-grid activation bits, starting from --bits, until it holds on the validation frames. Ratios to FP32's error against labels (energy=1.10,forces=1.10) or absolute deviations from the FP32 parent with units (forces=5meV/A,energy=1meV/atom,stress=1meV/A3; no labels needed). Not met even at W8A16: an error and no file.", show_default=False)] = None,
+    best_effort: Annotated[bool, typer.Option("--best-effort", help="With --max-error: write the closest model found even if the budget is not met (the report says by how much it misses).")] = False,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help="Validation frames for --max-error, disjoint from calibration and test. Default: the validation part of the calibration data (rMD17: 50 frames of the train split; universal: its val part).", show_default=False)] = None,
+    val_frames: Annotated[Optional[int], typer.Option("--val-frames", min=1, help="Validation frames used by --max-error (default: all).", show_default=False)] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
     rmd17_dir: Rmd17DirOption = None,
@@ -115,7 +151,8 @@ def quantize(
 ) -> None:
     """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report.
 
-    With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
+    With --max-error the bits are chosen per module and per activation grid to meet an error
+    budget (docs/error-budget.md). With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
     import torch
@@ -129,6 +166,9 @@ def quantize(
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
+    budget = parse_budget(max_error) if max_error is not None else None
+    if best_effort and budget is None:
+        raise InputError("--best-effort needs --max-error")
     started = time.perf_counter()
     loaded = load_model(model, trust_pickle, modal=modal)
     if loaded.kind != "fp32":
@@ -137,13 +177,21 @@ def quantize(
     calib = resolve_data(calib_data or default_spec(molecule), "train", rmd17_dir, molecule)
     evaluation = resolve_data(eval_data or default_spec(molecule), "test", rmd17_dir, molecule)
     eval_set = evaluation.frames.subset(range(min(eval_frames, len(evaluation.frames))))
+    validation = (_validation_data(val_data, calib_data or default_spec(molecule), rmd17_dir, molecule,
+                                   calib.frames, config, eval_set, val_frames) if budget else None)
     if not json_output:
-        console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
-    qat_summary = None
+        console.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]"
+                      + (f"\n[dim]validation: {validation.note}[/]" if validation else ""), highlight=False)
+    qat_summary = search = None
     with progress(json_output) as bar:
-        task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")
-        quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
-                                          lambda n: bar.update(task, advance=n))
+        if budget:
+            search = search_bit_map(loaded.model, config, calib.frames, validation.frames, budget, best_effort,
+                                    _stage_bars(bar))
+            quantized, plan, config = search.model, search.plan, search.config
+        else:
+            task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")
+            quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
+                                              lambda n: bar.update(task, advance=n))
         if qat_epochs:
             quantized, qat_summary = _fine_tune(loaded, config, calib, data, rmd17_dir, molecule, bar,
                                                 QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
@@ -168,6 +216,7 @@ def quantize(
         "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,
         "size": size_summary(loaded, quantized),
+        "bit_map": bit_map(plan.entries).to_dict(),
         "modules": [{"path": p, **e} for p, e in plan.entries.items()],
         "unquantized_parameters": plan.unquantized_parameters,
         "force_mode": (f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}"
@@ -177,6 +226,9 @@ def quantize(
     }
     if qat_summary:
         report["qat"] = qat_summary
+    if search:
+        report["budget"] = {**search.to_report(budget), "validation_data": validation.description,
+                            "test": check_budget(budget, metrics["accuracy"], metrics["deviation"])}
     report = write_quantized(output, loaded, quantized, plan, config, report)
     report["seconds"]["total"] = time.perf_counter() - started
     if report_path:

@@ -125,7 +125,8 @@ def _rounded(value: Any, digits: int = 6) -> Any:
 
 def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
     """The report without what the file holds elsewhere or what only the --report JSON needs
-    (the per-epoch QAT history). The source checkpoint is named by its file name only: its
+    (the per-epoch QAT history, the bit map's per-module lists, which the plan holds, and the
+    per-module sensitivities of an error budget). The source checkpoint is named by its file name only: its
     directory says nothing about the model (``gaqtool.source_sha256`` identifies it), and
     would make the bytes depend on where the user keeps it."""
     stored = {k: v for k, v in report.items() if k not in _REPORT_KEYS_NOT_STORED}
@@ -133,6 +134,13 @@ def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
         stored["source"] = {**stored["source"], "path": Path(stored["source"]["path"]).name}
     if isinstance(stored.get("qat"), dict):
         stored["qat"] = {k: v for k, v in stored["qat"].items() if k != "history"}
+    if isinstance(stored.get("bit_map"), dict):  # the plan holds every module's and grid's bits
+        stored["bit_map"] = {k: v for k, v in stored["bit_map"].items() if k not in ("weights", "activations")}
+    if isinstance(stored.get("budget"), dict):  # per-module sensitivities only in --report
+        budget = stored["budget"] = dict(stored["budget"])
+        budget["sensitivity"] = {k: v for k, v in budget.get("sensitivity", {}).items() if k != "targets"}
+        budget["promotions"] = [{k: v for k, v in p.items() if k != "kind" and v is not None}
+                                for p in budget.get("promotions", [])]
     return stored
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from gaqtool.errors import InputError
 
-__all__ = ["QUANTITIES", "Limit", "ErrorBudget", "parse_budget", "check_budget", "ratio_metric"]
+__all__ = ["QUANTITIES", "Limit", "ErrorBudget", "parse_budget", "check_budget", "ratio_metric", "unmet",
+           "describe_check"]
 
 QUANTITIES = ("energy", "forces", "stress")
 RATIO, ABSOLUTE = "ratio", "absolute"
@@ -129,9 +130,10 @@ def check_budget(budget: ErrorBudget, accuracy: dict[str, Any], deviation: dict[
     """Each limit against metrics of one frame set: ``accuracy`` {'fp32', 'quantized'}
     (``accuracy_metrics``) and ``deviation`` (``deviation_metrics`` of quantized vs FP32).
 
-    Returns {quantity: {'value', 'limit', 'unit', 'met', 'fraction' (value / limit)}, 'met'}.
-    Raises ``InputError`` when the frames cannot measure a limit (no labels, no stress)."""
-    out: dict[str, Any] = {}
+    Returns {'values': {quantity: ratio to FP32, or deviation in ``METRIC_UNITS``}, 'met':
+    every limit holds}. Raises ``InputError`` when the frames cannot measure a limit (no
+    labels, no stress)."""
+    values: dict[str, float] = {}
     for limit in budget.limits:
         if limit.kind == RATIO:
             fp32, quantized = (ratio_metric(accuracy[k], limit.quantity) for k in ("fp32", "quantized"))
@@ -140,15 +142,29 @@ def check_budget(budget: ErrorBudget, accuracy: dict[str, Any], deviation: dict[
                                  "validation and test frames",
                                  hint="give an absolute budget (e.g. forces=5meV/A), measured against "
                                       "the FP32 parent")
-            value, unit = quantized / max(fp32, 1e-12), "x FP32"
+            values[limit.quantity] = quantized / max(fp32, 1e-12)
         else:
             value = deviation.get(DEVIATION_KEYS[limit.quantity])
             if value is None:
                 raise InputError("a stress budget needs periodic structures in the validation and test data",
                                  hint="drop stress from --max-error or use data with cells")
-            unit = METRIC_UNITS[limit.quantity]
-        out[limit.quantity] = {"value": value, "limit": limit.value, "unit": unit,
-                               "met": bool(value <= limit.value), "fraction": value / limit.value}
-    out["met"] = all(v["met"] for k, v in out.items() if k in QUANTITIES)
-    return out
+            values[limit.quantity] = value
+    return {"values": values, "met": all(values[l.quantity] <= l.value for l in budget.limits)}
 
+
+def unmet(budget: ErrorBudget, check: dict[str, Any]) -> list[str]:
+    """Quantities of ``check`` (``check_budget``) over their limit, in the budget's order."""
+    return [l.quantity for l in budget.limits if check["values"][l.quantity] > l.value]
+
+
+def describe_check(limits: list[dict[str, Any]], check: dict[str, Any]) -> str:
+    """'forces 1.08x, energy 0.9 meV/atom: met' or '...: missed by 12.0%' from the budget's
+    ``to_dict()`` and one ``check_budget`` result (as stored in reports)."""
+    parts, worst = [], 0.0
+    for limit in limits:
+        value = check["values"][limit["quantity"]]
+        unit = "x" if limit["kind"] == RATIO else f" {limit['unit']}"
+        parts.append(f"{limit['quantity']} {value:.3g}{unit}")
+        worst = max(worst, value / limit["value"])
+    verdict = "met" if check["met"] else f"missed by {100 * (worst - 1):.1f}%"
+    return f"{', '.join(parts)}: {verdict}"

@@ -44,7 +44,7 @@ from gaqtool.errors import BudgetError
 from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, deviation_metrics, predict
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.apply import QuantPlan, activation_quantizers, calibrate
-from gaqtool.quant.budget import RATIO, ErrorBudget, check_budget, ratio_metric
+from gaqtool.quant.budget import RATIO, ErrorBudget, check_budget, describe_check, ratio_metric, unmet
 from gaqtool.quant.modules import QuantizedModule
 from gaqtool.workflow import calibration_subset, correct_energy_offset, quantize_loaded
 
@@ -320,7 +320,7 @@ class _Search:
         for limit in self.budget.limits:
             q = limit.quantity
             factor = est_now[q] / est_last[q] if est_last[q] > 0 else 1.0
-            value = last[q]["value"]
+            value = last["values"][q]
             if limit.kind == RATIO:  # MAE^2 = MAE_fp32^2 + (added error)^2
                 value = (1.0 + max(value ** 2 - 1.0, 0.0) * factor) ** 0.5
             else:
@@ -329,7 +329,7 @@ class _Search:
                 return False
         return True
 
-    def _best_candidate(self, state: dict[str, int], unmet: list[str]) -> Target | None:
+    def _best_candidate(self, state: dict[str, int], over: list[str]) -> Target | None:
         best, best_score = None, 0.0
         for target in self.targets:
             index = target.levels.index(state[target.name])
@@ -337,7 +337,7 @@ class _Search:
                 continue
             now, nxt = target.levels[index], target.levels[index + 1]
             gain = sum(max(target.error[now][q] - target.error[nxt][q], 0.0) / self.scale[q] ** 2
-                       for q in unmet)
+                       for q in over)
             score = gain / max(target.bytes[nxt] - target.bytes[now], 1e-9)
             if score > best_score:
                 best, best_score = target, score
@@ -353,8 +353,8 @@ class _Search:
         total = sum(len(t.levels) - 1 - t.levels.index(state[t.name]) for t in self.targets)
         advance = self.progress("promoting", total)
         while not last["met"]:
-            unmet = [q for q in self.quantities if q in last and not last[q]["met"]]
-            target = self._best_candidate(state, unmet)
+            over = unmet(self.budget, last)
+            target = self._best_candidate(state, over)
             if target is None:
                 return last, False
             now = state[target.name]
@@ -362,7 +362,7 @@ class _Search:
             state[target.name] = nxt
             self.assembly.set(target.name, nxt)
             share = {q: (target.error[now][q] - target.error[nxt][q]) / est_start[q] if est_start[q] else 0.0
-                     for q in unmet}
+                     for q in over}
             promotions.append(Promotion(target.name, target.kind, now, nxt,
                                         target.bytes[nxt] - target.bytes[now], share))
             advance(1)
@@ -405,7 +405,7 @@ class _Search:
             self._apply(state)
             if not self.checks["ceiling_w8a16"]["met"]:
                 if not self.best_effort:
-                    raise BudgetError(_impossible_message(self.checks["ceiling_w8a16"], len(self.validation)),
+                    raise BudgetError(_impossible_message(self.budget, self.checks["ceiling_w8a16"], len(self.validation)),
                                       hint="loosen --max-error, or add --best-effort to write the "
                                            "W8A16 model anyway")
                 state = ceiling
@@ -441,10 +441,9 @@ class _Search:
         return self._built
 
 
-def _impossible_message(check: dict[str, Any], frames: int) -> str:
-    reached = ", ".join(f"{q} {v['value']:.3g}{'x' if v['unit'] == 'x FP32' else ' ' + v['unit']}"
-                        f" (limit {v['limit']:.3g})" for q, v in check.items() if isinstance(v, dict))
-    return f"the error budget is not met even at W8A16: reached {reached} on {frames} validation frames"
+def _impossible_message(budget: ErrorBudget, check: dict[str, Any], frames: int) -> str:
+    return (f"the error budget ({budget.describe()}) is not met even at W8A16: "
+            f"{describe_check(budget.to_dict(), check)} on {frames} validation frames")
 
 
 def search_bit_map(fp32: nn.Module, config: QuantConfig, calibration: Frames, validation: Frames,
