@@ -121,12 +121,13 @@ class SearchResult:
 
 
 class _Assembly:
-    """A working copy of the start model whose modules and grids can be set to any ladder level
-    without rebuilding: weights are swapped in from the donor models (or the FP32 parent),
-    grid buffers from the recalibrated copies (32: the grid is switched off)."""
+    """The start model, changed in place, whose modules and grids can be set to any ladder
+    level without rebuilding: weights are swapped in from the donor models (or the FP32
+    parent), grid buffers from recalibrations (32: the grid is switched off). Set back to the
+    start levels it is the start model again (its integer buffers are never touched)."""
 
     def __init__(self, start: nn.Module, fp32: nn.Module):
-        self.model = copy.deepcopy(start)
+        self.model = start
         self.weights: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         self.grids: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         fp32_params = dict(fp32.named_parameters())
@@ -219,13 +220,14 @@ class _Search:
             self.assembly.add_weight_donor(donor)
             advance(1)
         self.assembly.add_grid_donor(self.start)
-        for bits in act_wider:
-            donor = copy.deepcopy(self.start)
-            for quantizer in activation_quantizers(donor):
+        for bits in act_wider:  # recalibrated in place at the wider bits, then put back
+            for quantizer in activation_quantizers(self.start):
                 quantizer.num_bits = max(bits, quantizer.num_bits)
-            calibrate(donor, iterate_batches(self.calib, 8, donor.cutoff), lambda m, b: m(b))
-            self.assembly.add_grid_donor(donor)
+            calibrate(self.start, iterate_batches(self.calib, 8, self.start.cutoff), lambda m, b: m(b))
+            self.assembly.add_grid_donor(self.start)
             advance(1)
+        for name, bits in grids.items():
+            self.assembly.set(name, bits)
         self.targets = [Target(p, "weights", [b for b in WEIGHT_LEVELS if b >= start_bits[p]])
                         for p in self.assembly.weights]
         self.targets += [Target(g, "activations", [a for a in ACTIVATION_LEVELS if a >= grids[g]])
@@ -430,7 +432,8 @@ class _Search:
             return self._built
         config = self._overrides(state)
         if not config.weight_bits_overrides and not config.activation_bits_overrides:
-            model, plan = copy.deepcopy(self.start), copy.deepcopy(self.start_plan)
+            self._apply(self.start_state)  # the assembly is the start model again
+            model, plan = self.start, self.start_plan
             if config.energy_correction and hasattr(model, "add_energy_offset"):
                 correct_energy_offset(self.fp32, model, self.calib)
         else:
