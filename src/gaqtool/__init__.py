@@ -6,7 +6,7 @@ Public API: ``load(path)`` (FP32 checkpoint or quantized safetensors file -> run
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 import gaqtool.backends.reference  # noqa: E402,F401  (registers its quantization handler)
 from gaqtool.config import QuantConfig  # noqa: E402

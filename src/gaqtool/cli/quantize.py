@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, print_json, progress, training_callback
+from gaqtool.cli.console import console, print_json, progress, progress_enabled, training_callback
 from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
 from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
@@ -90,9 +90,12 @@ def _validation_data(spec: str | None, calib_spec: str, rmd17_dir, molecule, cal
     return selection
 
 
-def _stage_bars(bar):
-    """``search_bit_map``'s progress: one bar per stage of the search."""
+def _stage_bars(bar, json_output: bool):
+    """``search_bit_map``'s progress: one bar per stage of the search (one line per stage
+    when bars are off, e.g. in a log file; nothing in --json mode)."""
     def stage(description: str, total: int):
+        if not progress_enabled(json_output) and not json_output:
+            console.print(f"[dim]{description}: {total} step{'s' if total != 1 else ''}[/]", highlight=False)
         task = bar.add_task(description, total=total, info="")
         return lambda n=1: bar.update(task, advance=n)
 
@@ -186,7 +189,7 @@ def quantize(
     with progress(json_output) as bar:
         if budget:
             search = search_bit_map(loaded.model, config, calib.frames, validation.frames, budget, best_effort,
-                                    _stage_bars(bar))
+                                    _stage_bars(bar, json_output))
             quantized, plan, config = search.model, search.plan, search.config
         else:
             task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")

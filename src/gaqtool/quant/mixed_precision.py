@@ -264,6 +264,14 @@ class _Search:
                                                  {str(b): t.error[b] for b in t.levels if b != FP32_BITS}}
                                         for t in self.targets}}
 
+    def _check_additivity(self) -> None:
+        """The start model's measured mean squared deviation on the calibration frames next to
+        the sum of its modules' and grids' isolated ones (the estimate the promotion uses)."""
+        pred = predict(self.assembly.model, self.calib, stress=self.stress)
+        self.sensitivity["start_measured"] = _squared_deviation(pred, self.reference_calib, self.calib,
+                                                                self.stress)
+        self.sensitivity["start_estimated"] = self._estimate(self.start_state)
+
     @torch.no_grad()
     def _grid_elements(self) -> dict[str, float]:
         """Activation elements per mean calibration structure at each grid (one FP32 pass)."""
@@ -396,6 +404,7 @@ class _Search:
         self.start_state = {t.name: t.levels[0] for t in self.targets}
         state = dict(self.start_state)
         self._apply(state)
+        self._check_additivity()
         self.checks["start"] = last = self._validate(self.assembly.model, corrected=False)
         self.scale = self._scales()
         promotions: list[Promotion] = []
