@@ -32,10 +32,10 @@ RUNS = {
                 "rmd17": True, "min_file_ratio": 5.0, "size_key": "fp32_checkpoint_bytes",
                 "min_grids_8bit": 0.75, "max_seconds": 300.0},
     "sevenn-0": {"args": ["sevenn:7net-0", "--bits", "w4a8", "--max-error", "forces=5meV/A,energy=1meV/atom",
-                          "--best-effort"],
+                          "--best-effort", "--sensitivity-frames", "6"],
                  "rmd17": False, "min_file_ratio": 5.0, "size_key": "fp32_tensor_bytes"},
     "sevenn-0-w4": {"args": ["sevenn:7net-0", "--bits", "w4", "--max-error", "forces=5meV/A,energy=1meV/atom",
-                             "--best-effort"],
+                             "--best-effort", "--sensitivity-frames", "6"],
                     "rmd17": False, "min_file_ratio": 5.0, "size_key": "fp32_tensor_bytes"},
 }
 

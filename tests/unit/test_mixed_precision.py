@@ -64,8 +64,9 @@ def test_an_injected_very_sensitive_module_is_promoted_first(frames):
 def test_an_already_met_budget_promotes_nothing(frames):
     model = make_tiny_model()
     calib, val = frames
-    result = search_bit_map(model, CONFIG, calib, val, parse_budget("forces=1e6meV/A,energy=1e6meV/atom"))
-    assert result.met and result.promotions == []
+    result = search_bit_map(model, CONFIG, calib, val, parse_budget("forces=1e6meV/A,energy=1e6meV/atom"),
+                            sensitivity_frames=2)
+    assert result.met and result.promotions == [] and result.sensitivity["frames"] == 2
     assert result.config == CONFIG
     plain, _ = quantize_loaded(model, CONFIG, calib)
     a, b = predict(result.model, val), predict(plain, val)

@@ -80,8 +80,10 @@ def _validation_data(spec: str | None, calib_spec: str, rmd17_dir, molecule, cal
         raise InputError("--max-error with a calibration file needs --val-data",
                          hint="give validation frames that are neither calibration nor test frames")
     selection = resolve_data(spec or calib_spec, "val", rmd17_dir, molecule)
-    if val_frames:
-        selection.frames = selection.frames.subset(range(min(val_frames, len(selection.frames))))
+    if val_frames and val_frames < len(selection.frames):
+        selection.frames = selection.frames.subset(range(val_frames))
+        selection.description += f", the first {val_frames}"
+        selection.note += f" (the first {val_frames})"
     for other, name in ((calibration_subset(config, calib_frames), "calibration"), (eval_set, "test")):
         shared = shared_structures(selection.frames, other)
         if shared:
@@ -143,6 +145,7 @@ def quantize(
     best_effort: Annotated[bool, typer.Option("--best-effort", help="With --max-error: write the closest model found even if the budget is not met (the report says by how much it misses).")] = False,
     val_data: Annotated[Optional[str], typer.Option("--val-data", help="Validation frames for --max-error, disjoint from calibration and test. Default: the validation part of the calibration data (rMD17: 50 frames of the train split; universal: its val part).", show_default=False)] = None,
     val_frames: Annotated[Optional[int], typer.Option("--val-frames", min=1, help="Validation frames used by --max-error (default: all).", show_default=False)] = None,
+    sensitivity_frames: Annotated[Optional[int], typer.Option("--sensitivity-frames", min=1, help="With --max-error: measure each module's and grid's error on this many of the calibration frames, evenly spread (default: all; fewer is faster, one pass per candidate).", show_default=False)] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
     rmd17_dir: Rmd17DirOption = None,
@@ -189,7 +192,7 @@ def quantize(
     with progress(json_output) as bar:
         if budget:
             search = search_bit_map(loaded.model, config, calib.frames, validation.frames, budget, best_effort,
-                                    _stage_bars(bar, json_output))
+                                    _stage_bars(bar, json_output), sensitivity_frames)
             quantized, plan, config = search.model, search.plan, search.config
         else:
             task = bar.add_task("calibrating", total=min(config.calib_frames, len(calib.frames)), info="")

@@ -28,7 +28,6 @@ does not meet on the validation frames raises ``BudgetError`` unless ``best_effo
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -42,10 +41,9 @@ from gaqtool.data.frames import Frames
 from gaqtool.data.graph import iterate_batches
 from gaqtool.errors import BudgetError
 from gaqtool.metrics.accuracy import Predictions, accuracy_metrics, deviation_metrics, predict
-from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.apply import QuantPlan, activation_quantizers, calibrate
+from gaqtool.quant.assembly import MapAssembly
 from gaqtool.quant.budget import RATIO, ErrorBudget, check_budget, describe_check, ratio_metric, unmet
-from gaqtool.quant.modules import QuantizedModule
 from gaqtool.workflow import calibration_subset, correct_energy_offset, quantize_loaded
 
 __all__ = ["search_bit_map", "SearchResult", "Promotion", "CEILING_WEIGHT_BITS", "CEILING_ACTIVATION_BITS"]
@@ -54,7 +52,6 @@ CEILING_WEIGHT_BITS = 8        # the W8A16 map that decides whether a budget is 
 CEILING_ACTIVATION_BITS = 16
 CHECK_EVERY = 8                # promotions after which the validation frames are measured anyway
 MAX_BUILDS = 3                 # rebuilds of the chosen map before giving up on the estimate
-GRID_BUFFERS = ("scalar_scale", "scalar_zero_point", "norm_scale", "tensor_scale")
 
 Progress = Callable[[str, int], Callable[[int], None]]
 """``progress(description, total)`` -> ``advance(n)``: how the search reports its stages."""
@@ -120,55 +117,6 @@ class SearchResult:
                 "sensitivity": self.sensitivity, "seconds": self.seconds}
 
 
-class _Assembly:
-    """The start model, changed in place, whose modules and grids can be set to any ladder
-    level without rebuilding: weights are swapped in from the donor models (or the FP32
-    parent), grid buffers from recalibrations (32: the grid is switched off). Set back to the
-    start levels it is the start model again (its integer buffers are never touched)."""
-
-    def __init__(self, start: nn.Module, fp32: nn.Module):
-        self.model = start
-        self.weights: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-        self.grids: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-        fp32_params = dict(fp32.named_parameters())
-        for path, module in self.model.named_modules():
-            if isinstance(module, QuantizedModule) and module.weight_names:
-                self.weights[path] = {FP32_BITS: {n: fp32_params[f"{path}.{n}"].detach().clone().float()
-                                                  for n in module.weight_names}}
-        for path, module in self.model.named_modules():
-            if isinstance(module, ActivationQuantizer):
-                self.grids[path] = {}
-
-    def add_weight_donor(self, donor: nn.Module) -> None:
-        """Weights of each module at the donor's bits, unless a donor added earlier gave them
-        (the start model comes first: a module it already has at 8 bits keeps its own)."""
-        for path in self.weights:
-            module = donor.get_submodule(path)
-            self.weights[path].setdefault(module.weight_bits, {
-                n: getattr(module.inner, n).detach().clone() for n in module.weight_names})
-
-    def add_grid_donor(self, donor: nn.Module) -> None:
-        """Calibrated buffers of each grid at the donor's bits (the first donor of those bits wins)."""
-        for path in self.grids:
-            quantizer = donor.get_submodule(path)
-            self.grids[path].setdefault(quantizer.num_bits, {
-                k: getattr(quantizer, k).detach().clone() for k in GRID_BUFFERS if hasattr(quantizer, k)})
-
-    def set(self, name: str, bits: int) -> None:
-        if name in self.weights:
-            inner = self.model.get_submodule(name).inner
-            for weight_name, value in self.weights[name][bits].items():
-                inner._buffers[weight_name] = value
-            return
-        quantizer = self.model.get_submodule(name)
-        if bits == FP32_BITS:
-            quantizer.mode = "off"
-            return
-        for key, value in self.grids[name][bits].items():
-            getattr(quantizer, key).copy_(value)
-        quantizer.num_bits, quantizer.mode = bits, "quantize"
-
-
 def _squared_deviation(pred: Predictions, reference: Predictions, frames: Frames,
                        stress: bool) -> dict[str, float]:
     """Mean squared deviation from ``reference``: energy per atom (meV/atom)^2 with its mean
@@ -192,10 +140,14 @@ class _Search:
     """State of one search (see the module docstring); ``run`` returns a ``SearchResult``."""
 
     def __init__(self, fp32: nn.Module, config: QuantConfig, calibration: Frames, validation: Frames,
-                 budget: ErrorBudget, best_effort: bool, progress: Progress):
+                 budget: ErrorBudget, best_effort: bool, progress: Progress,
+                 sensitivity_frames: int | None = None):
         self.fp32, self.config, self.budget = fp32.eval(), config, budget
         self.calibration = calibration
         self.calib = calibration_subset(config, calibration)
+        count = min(sensitivity_frames or len(self.calib), len(self.calib))
+        self.sensitivity_set = self.calib.subset(  # evenly spread over the calibration frames
+            sorted({int(k) for k in np.linspace(0, len(self.calib) - 1, count).round()}))
         self.validation, self.best_effort, self.progress = validation, best_effort, progress
         self.stress = budget.needs_stress
         self.checks: dict[str, Any] = {}
@@ -207,7 +159,7 @@ class _Search:
         advance = self.progress("quantizing the ladder", 1)
         self.start, self.start_plan = quantize_loaded(self.fp32, quiet, self.calibration)
         advance(1)
-        self.assembly = _Assembly(self.start, self.fp32)
+        self.assembly = MapAssembly(self.start, self.fp32)
         self.assembly.add_weight_donor(self.start)
         start_bits = {p: self.start.get_submodule(p).weight_bits for p in self.assembly.weights}
         wider = [b for b in WEIGHT_LEVELS if b != FP32_BITS and b > min(start_bits.values(), default=8)]
@@ -238,13 +190,14 @@ class _Search:
         for target in self.targets:
             self.assembly.set(target.name, FP32_BITS)
         elements = self._grid_elements()
-        self.reference_calib = predict(self.fp32, self.calib, stress=self.stress)
+        self.reference_calib = predict(self.fp32, self.sensitivity_set, stress=self.stress)
         passes = [(t, b) for t in self.targets for b in t.levels if b != FP32_BITS]
         advance = self.progress("sensitivity", len(passes))
         for target, bits in passes:
             self.assembly.set(target.name, bits)
-            pred = predict(self.assembly.model, self.calib, stress=self.stress)
-            target.error[bits] = _squared_deviation(pred, self.reference_calib, self.calib, self.stress)
+            pred = predict(self.assembly.model, self.sensitivity_set, stress=self.stress)
+            target.error[bits] = _squared_deviation(pred, self.reference_calib, self.sensitivity_set,
+                                                    self.stress)
             self.assembly.set(target.name, FP32_BITS)
             advance(1)
         zero = {q: 0.0 for q in self.quantities}
@@ -258,7 +211,7 @@ class _Search:
                     target.bytes[bits] = _weight_bytes(count, scales, bits)
                 else:
                     target.bytes[bits] = elements[target.name] * bits / 8.0
-        self.sensitivity = {"frames": len(self.calib), "passes": len(passes),
+        self.sensitivity = {"frames": len(self.sensitivity_set), "passes": len(passes),
                             "seconds": time.perf_counter() - started,
                             "targets": {t.name: {"kind": t.kind, "mean_squared_deviation":
                                                  {str(b): t.error[b] for b in t.levels if b != FP32_BITS}}
@@ -267,9 +220,9 @@ class _Search:
     def _check_additivity(self) -> None:
         """The start model's measured mean squared deviation on the calibration frames next to
         the sum of its modules' and grids' isolated ones (the estimate the promotion uses)."""
-        pred = predict(self.assembly.model, self.calib, stress=self.stress)
-        self.sensitivity["start_measured"] = _squared_deviation(pred, self.reference_calib, self.calib,
-                                                                self.stress)
+        pred = predict(self.assembly.model, self.sensitivity_set, stress=self.stress)
+        self.sensitivity["start_measured"] = _squared_deviation(pred, self.reference_calib,
+                                                                self.sensitivity_set, self.stress)
         self.sensitivity["start_estimated"] = self._estimate(self.start_state)
 
     @torch.no_grad()
@@ -459,12 +412,13 @@ def _impossible_message(budget: ErrorBudget, check: dict[str, Any], frames: int)
 
 
 def search_bit_map(fp32: nn.Module, config: QuantConfig, calibration: Frames, validation: Frames,
-                   budget: ErrorBudget, best_effort: bool = False, progress: Progress | None = None
-                   ) -> SearchResult:
+                   budget: ErrorBudget, best_effort: bool = False, progress: Progress | None = None,
+                   sensitivity_frames: int | None = None) -> SearchResult:
     """The cheapest bit map found for ``budget`` (see the module docstring), starting from
     ``config``'s bits; the model is quantized from ``fp32`` with the map as ``config``
     overrides. ``calibration``: the frames ``quantize_loaded`` calibrates on (its first
-    ``config.calib_frames`` also measure the sensitivity); ``validation``: frames disjoint from
-    them and from the test frames, where the budget is checked."""
+    ``config.calib_frames`` also measure the sensitivity, or ``sensitivity_frames`` of them,
+    evenly spread); ``validation``: frames disjoint from them and from the test frames, where
+    the budget is checked."""
     return _Search(fp32, config, calibration, validation, budget, best_effort,
-                   progress or _no_progress).run()
+                   progress or _no_progress, sensitivity_frames).run()
