@@ -99,7 +99,8 @@ def markdown(results: dict, threads: int) -> str:
         grids = f"{100 * r['grids_8bit_share']:.0f}%" if r["grids_8bit_share"] is not None else "-"
         acts = f"{r['average_activation_bits']:.2f}" if r["average_activation_bits"] else "-"
         verdict = ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items())
-        lines.append(f"| {name} | {r['budget']} | {values(r['validation']['chosen'])} | {values(r['test'])} | "
+        lines.append(f"| {name} | {r['budget'].replace('|', chr(92) + '|')} | {values(r['validation']['chosen'])} | "
+                     f"{values(r['test'])} | "
                      f"1/{r['file_ratio']:.2f} of {r['reference'].replace('_', ' ')} | "
                      f"{r['average_weight_bits']:.2f} / {acts} | {grids} | {len(r['promotions'])} | "
                      f"{r['seconds']:.0f} | {verdict} |")
