@@ -48,18 +48,30 @@ def start_atoms(frame: int, temperature: float, seed: int):
     return initial_state(frames.numbers[frame], frames.positions[frame], temperature, seed)
 
 
+def summarize(model: str | None, frame: int, times: list, total: list, n: int, blowup, seconds) -> dict:
+    from gaqtool.md import energy_drift, energy_scatter
+
+    t, e = np.array(times), np.array(total)
+    return {"model": "fp32" if model is None else "w4a8", "frame": frame, "steps": len(t) - 1,
+            "ps": float(t[-1]), "drift_mev_atom_ps": energy_drift(t, e, n),
+            "std_about_fit_mev_atom": energy_scatter(t, e, n),
+            "max_abs_deviation_mev_atom": float(np.abs(e - e[0]).max() * 1000.0 / n),
+            "blowup": blowup, "seconds": seconds}
+
+
 def run_one(model: str | None, frame: int, args: argparse.Namespace) -> dict:
-    """Velocity Verlet from one start; E_total from ``atoms.get_total_energy()`` at every step."""
+    """Velocity Verlet from one start; E_total from ``atoms.get_total_energy()`` at every step.
+    Every ``--checkpoint-steps`` the summary so far goes to ``--partial-dir`` (a long run that is
+    stopped still says how far it got)."""
     import torch
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
     from gaqtool.ase import GAQCalculator
-    from gaqtool.md import energy_drift, energy_scatter
 
     torch.set_num_threads(1)
     atoms = start_atoms(frame, args.temperature, args.seed)
-    atoms.calc = GAQCalculator(model)  # the calculator's defaults
+    atoms.calc = GAQCalculator(model, threads=1)  # the calculator's defaults otherwise
     steps = int(round(args.ps * 1000.0 / args.dt))
     dyn = VelocityVerlet(atoms, timestep=args.dt * units.fs, logfile=None)
     total, times, blowup = [atoms.get_total_energy()], [0.0], None
@@ -73,13 +85,11 @@ def run_one(model: str | None, frame: int, args: argparse.Namespace) -> dict:
             break
         total.append(energy)
         times.append(step * args.dt / 1000.0)
-    seconds = time.perf_counter() - began
-    t, e, n = np.array(times), np.array(total), len(atoms)
-    return {"model": "fp32" if model is None else "w4a8", "frame": frame, "steps": len(t) - 1,
-            "ps": float(t[-1]), "drift_mev_atom_ps": energy_drift(t, e, n),
-            "std_about_fit_mev_atom": energy_scatter(t, e, n),
-            "max_abs_deviation_mev_atom": float(np.abs(e - e[0]).max() * 1000.0 / n),
-            "blowup": blowup, "seconds": seconds}
+        if step % args.checkpoint_steps == 0:
+            partial = summarize(model, frame, times, total, len(atoms), blowup, time.perf_counter() - began)
+            name = f"{partial['model']}_frame{frame}.json"
+            (args.partial_dir / name).write_text(json.dumps(partial))
+    return summarize(model, frame, times, total, len(atoms), blowup, time.perf_counter() - began)
 
 
 def step_cost(model: str | None, steps: int, threads: int, blocks: int = 5) -> dict:
@@ -94,10 +104,10 @@ def step_cost(model: str | None, steps: int, threads: int, blocks: int = 5) -> d
 
     torch.set_num_threads(threads)
     atoms = start_atoms(0, 300.0, 0)
-    calc = GAQCalculator(model)
+    calc = GAQCalculator(model, threads=threads)
     atoms.calc = calc
     dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs, logfile=None)
-    fp32 = GAQCalculator(None).model  # the reference: one FP32 energy + force evaluation
+    fp32 = GAQCalculator(None, threads=threads).model  # the reference: one FP32 energy + force evaluation
     batch = atoms_to_batch(atoms, calc.cutoff)
     dyn.run(10)
     for _ in range(5):
@@ -153,10 +163,14 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=100, help="steps per timing block")
     parser.add_argument("--timing-threads", type=int, default=2, help="threads for the timing")
     parser.add_argument("--timing-only", action="store_true", help="skip the NVE runs")
+    parser.add_argument("--checkpoint-steps", type=int, default=1000, help="steps between partial summaries")
+    parser.add_argument("--partial-dir", type=Path, default=Path(tempfile.gettempdir()) / "calculator_nve",
+                        help="where partial summaries go")
     parser.add_argument("--out", type=Path, default=RESULTS / "calculator_nve.json")
     args = parser.parse_args()
     from gaqtool.io.atomic import atomic_write
 
+    args.partial_dir.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         path = quantized_file(Path(tmp), args.timing_threads)

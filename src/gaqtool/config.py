@@ -15,7 +15,8 @@ from gaqtool.errors import InputError
 
 __all__ = ["DEFAULT_KEEP_FP32", "DEFAULT_KEEP_WIDE", "SMALL_FAN_IN_BITS", "Method", "ObserverKind", "WeightClip",
            "WeightRounding", "DirectionMode", "ForceMode", "QATTargets",
-           "QuantConfig", "QUANT_CONFIG_VERSION", "parse_bits"]
+           "QuantConfig", "QUANT_CONFIG_VERSION", "parse_bits", "FP32_BITS", "WEIGHT_LEVELS",
+           "ACTIVATION_LEVELS"]
 
 QUANT_CONFIG_VERSION = 1
 
@@ -111,6 +112,13 @@ DEFAULT_KEEP_FP32: tuple[str, ...] = ("role:species_embedding",)
 # aspirin model (docs/studies-aspirin.md): W4A8 force MAE 76 -> ~58 meV/A for ~770 bytes.
 SMALL_FAN_IN_BITS = 8
 
+# Bits of a tensor left in float32 in the per-module and per-grid bit overrides.
+FP32_BITS = 32
+WEIGHT_LEVELS = (2, 4, 8, FP32_BITS)
+"""Weight bits a module can have, narrowest first (the promotion ladder of an error budget)."""
+ACTIVATION_LEVELS = (8, 16, FP32_BITS)
+"""Activation bits a quantized input (a grid) can have, narrowest first."""
+
 # Modules whose weights use SMALL_FAN_IN_BITS whatever their fan-in (roles or path patterns).
 DEFAULT_KEEP_WIDE: tuple[str, ...] = ()
 
@@ -157,6 +165,11 @@ class QuantConfig:
     keep_wide:        modules whose weights also use ``small_fan_in_bits`` whatever their
                       fan-in: 'role:<role>' or fnmatch patterns, as ``keep_fp32``; None
                       (default): ``DEFAULT_KEEP_WIDE`` for 'gaq' and 'weight-only', () for 'naive'
+    weight_bits_overrides: (module path, bits) pairs that override every other rule for that
+                      module's weights: 2, 4, 8, or 32 (weights left float32, inputs still
+                      quantized); what an error budget chooses (``gaqtool.quant.mixed_precision``)
+    activation_bits_overrides: (grid, bits) pairs, a grid being one quantized input
+                      ``<module path>.input_quantizers.<i>``: 8, 16 or 32 (input left float32)
     energy_correction: shift the per-atom energy by the mean (FP32 - quantized) energy per atom
                       on the calibration frames (label-free bias correction; rounding errors of
                       21 atomic energies add up to a near-constant offset)
@@ -179,6 +192,8 @@ class QuantConfig:
     small_fan_in: int = 16
     keep_wide: tuple[str, ...] | None = None
     force_mode: ForceMode = ForceMode.STE
+    weight_bits_overrides: tuple[tuple[str, int], ...] = ()
+    activation_bits_overrides: tuple[tuple[str, int], ...] = ()
     energy_correction: bool = True
     seed: int = 0
     version: int = QUANT_CONFIG_VERSION
@@ -222,6 +237,23 @@ class QuantConfig:
         if self.keep_fp32 is None:
             object.__setattr__(self, "keep_fp32", () if self.method == Method.NAIVE else DEFAULT_KEEP_FP32)
         object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
+        object.__setattr__(self, "weight_bits_overrides",
+                           _overrides(self.weight_bits_overrides, WEIGHT_LEVELS, "weight"))
+        object.__setattr__(self, "activation_bits_overrides",
+                           _overrides(self.activation_bits_overrides, ACTIVATION_LEVELS, "activation"))
+        if self.activation_bits_overrides and not self.quantizes_activations:
+            raise InputError("activation bit overrides need quantized activations",
+                             hint="use --bits wXaY with --method gaq or naive")
+
+    @property
+    def weight_bits_of(self) -> dict[str, int]:
+        """{module path: weight bits} of the overrides."""
+        return dict(self.weight_bits_overrides)
+
+    @property
+    def activation_bits_of(self) -> dict[str, int]:
+        """{grid: activation bits} of the overrides."""
+        return dict(self.activation_bits_overrides)
 
     @property
     def quantizes_activations(self) -> bool:
@@ -246,6 +278,11 @@ class QuantConfig:
                 data[key] = value.value
         data["keep_fp32"] = list(self.keep_fp32)
         data["keep_wide"] = list(self.keep_wide)
+        for key in ("weight_bits_overrides", "activation_bits_overrides"):
+            if getattr(self, key):  # written only when set: files without a bit map stay 0.2-readable
+                data[key] = dict(getattr(self, key))
+            else:
+                del data[key]
         return data
 
     @classmethod
@@ -263,4 +300,18 @@ class QuantConfig:
         values.setdefault("small_fan_in_bits", 0)  # files before 0.1.3: every layer at weight_bits
         values["keep_fp32"] = tuple(values.get("keep_fp32", ()))
         values["keep_wide"] = tuple(values.get("keep_wide", ()))  # files before 0.2: none
+        for key in ("weight_bits_overrides", "activation_bits_overrides"):  # before 0.3: none
+            values[key] = tuple(dict(values.get(key) or {}).items())
         return cls(**values)
+
+
+def _overrides(pairs, levels: tuple[int, ...], what: str) -> tuple[tuple[str, int], ...]:
+    """Bit overrides as sorted (name, bits) pairs (from pairs or a dict), each bits in ``levels``."""
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    out = {}
+    for name, bits in items:
+        if int(bits) not in levels:
+            raise InputError(f"{what} bits of '{name}' must be one of "
+                             f"{', '.join(map(str, levels))}, got {bits}")
+        out[str(name)] = int(bits)
+    return tuple(sorted(out.items()))

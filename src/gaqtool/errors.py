@@ -15,6 +15,7 @@ __all__ = [
     "UnsupportedModelError",
     "UnknownElementError",
     "Interrupted",
+    "BudgetError",
 ]
 
 
@@ -58,3 +59,7 @@ class Interrupted(GaqtoolError):
     """Ctrl-C: the command stopped (after keeping what it could, e.g. an MD trajectory so far)."""
 
     exit_code = 130
+
+
+class BudgetError(GaqtoolError):
+    """An error budget (``--max-error``) cannot be met with the bits allowed."""

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_quantize_report", "format_bytes"]
+__all__ = ["render_quantize_report", "format_bytes", "bit_map_line", "budget_lines", "promotions_table"]
 
 
 def format_bytes(n: float) -> str:
@@ -133,19 +133,96 @@ def render_quantize_report(report: dict[str, Any], console: Console, show_module
     wide = sorted({m["weight_bits"] for m in quantized if m.get("weight_bits")})
     kept = f"{len(chosen)} module{'s' if len(chosen) != 1 else ''} kept FP32" + (
         f" ({', '.join(m['path'] for m in chosen)})" if chosen else "")
-    console.print(f"{len(quantized)} modules quantized (weight bits: {', '.join(map(str, wide)) or '-'}), "
-                  f"{kept}.", highlight=False)
+    console.print(f"{len(quantized)} modules quantized (weight bits: "
+                  f"{', '.join(bits_name(b, '') for b in wide) or '-'}), {kept}.", highlight=False)
     if unhandled and not show_modules:
         console.print(f"FP32 parameters of modules without a quantization handler: "
                       f"{', '.join(unhandled_parameters(report, unhandled))}.", highlight=False)
     console.print(f"force mode {report['force_mode']}.", highlight=False)
+    if report.get("bit_map"):
+        console.print(bit_map_line(report["bit_map"]), highlight=False)
+    if report.get("budget"):
+        for line in budget_lines(report["budget"]):
+            console.print(line, highlight=False)
+        if report["budget"]["promotions"]:
+            console.print(promotions_table(report["budget"]))
     rows = modules if show_modules else chosen
     if rows:
         mt = Table(title="modules" if show_modules else "modules kept in FP32")
         for col in ("module", "weights", "inputs", "note"):
             mt.add_column(col, overflow="fold")
         for m in rows:
-            bits = f"int{m['weight_bits']} x {m.get('num_weights', 0)}" if m.get("weight_bits") else "fp32"
-            inputs = ", ".join(i for i in (m.get("inputs") or []) if i) or "-"
+            bits = weights_cell(m)
+            inputs = ", ".join(f"{i} @{bits_name(b, 'a')}" for i, b in
+                               zip(m.get("inputs") or [], m.get("input_bits") or [None] * 9) if i) or "-"
             mt.add_row(f"{m['path']}\n[dim]{m['kind']}[/]", bits, inputs, m.get("reason", ""))
         console.print(mt)
+
+
+def bits_name(bits: int | None, prefix: str) -> str:
+    """32 -> 'fp32', 8 -> 'int8' (weights, prefix 'int') or 'a8' (activations, prefix 'a')."""
+    if bits is None:
+        return "-"
+    return "fp32" if int(bits) == 32 else f"{prefix}{bits}"
+
+
+def weights_cell(entry: dict[str, Any]) -> str:
+    """A module's weights for tables: 'int4 x 3072', 'fp32 x 512', 'fp32' or '-'."""
+    count = entry.get("num_weights")
+    if entry.get("weight_bits"):
+        return bits_name(entry["weight_bits"], "int") + (f" x {count}" if count else "")
+    if entry.get("status") == "fp32":
+        return "fp32" + (f" x {count}" if count else "")
+    return "-"
+
+
+def bit_map_line(bit_map: dict[str, Any]) -> str:
+    """'bit map: weights 4.6 bits on average (int4 x 18, ...); activations 8.8 bits ...'."""
+    def histogram(counts: dict, prefix: str) -> str:
+        return ", ".join(f"{bits_name(int(b), prefix)} x {n}" for b, n in counts.items())
+
+    weights = bit_map.get("average_weight_bits")
+    acts = bit_map.get("average_activation_bits")
+    text = "bit map: weights " + (f"{weights:.2f} bits on average" if weights else "-")
+    text += f" ({histogram(bit_map.get('weight_histogram', {}), 'int')} modules)"
+    if acts:
+        grids = sum(bit_map.get("activation_histogram", {}).values())
+        text += (f"; activations {acts:.2f} bits on average over {grids} grids "
+                 f"({histogram(bit_map['activation_histogram'], 'a')})")
+    return text
+
+
+def budget_lines(budget: dict[str, Any]) -> list[str]:
+    """What the error budget asked, where the search started and what the chosen map reached
+    on validation and test."""
+    from gaqtool.quant.budget import describe_check
+
+    checks, limits = budget["validation"], budget["max_error"]
+    lines = [f"error budget: {budget['describe']}", f"  validation: {budget.get('validation_data', '?')}"]
+    for key, label in (("start", "start"), ("ceiling_w8a16", "W8A16"), ("chosen", "chosen")):
+        if key in checks:
+            lines.append(f"  {label} on validation: {describe_check(limits, checks[key])}")
+    if budget.get("test"):
+        lines.append(f"  chosen on test: {describe_check(limits, budget['test'])}")
+    sensitivity = budget["sensitivity"]
+    lines.append(f"  {len(budget['promotions'])} promotions; sensitivity: {sensitivity['passes']} "
+                 f"passes on {sensitivity['frames']} calibration frames; "
+                 f"{sensitivity.get('validation_passes', 0)} validation passes")
+    return lines
+
+
+def promotions_table(budget: dict[str, Any]) -> Table:
+    """One row per promotion: what was widened, bits, extra bytes and the share of the start's
+    estimated error it removed (per quantity over budget when it was chosen)."""
+    table = Table(title="promotions", caption="+bytes: file (weights) or activations of a mean "
+                  "calibration structure (grids); error share: of the start's estimated error")
+    for col, justify in (("#", "right"), ("module or grid", "left"), ("bits", "left"),
+                         ("+bytes", "right"), ("error share", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for k, p in enumerate(budget["promotions"], 1):
+        prefix = "a" if ".input_quantizers." in p["target"] else "int"
+        name = p["target"].replace(".input_quantizers.", " input ")
+        share = ", ".join(f"{q[0].upper()} {100 * v:.1f}%" for q, v in p["error_share"].items())
+        table.add_row(str(k), name, f"{bits_name(p['from_bits'], prefix)}->{bits_name(p['to_bits'], prefix)}",
+                      f"{p['extra_bytes']:.0f}", share)
+    return table

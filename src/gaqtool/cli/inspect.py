@@ -12,7 +12,7 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json
 from gaqtool.cli.options import JsonOption
-from gaqtool.report import format_bytes
+from gaqtool.report import bit_map_line, bits_name, budget_lines, format_bytes, promotions_table, weights_cell
 
 
 def tensor_rows(qfile) -> list[dict]:
@@ -53,22 +53,16 @@ def model_summary(qfile) -> dict:
             "source": source or None}
 
 
-def _weights(entry: dict) -> str:
-    if entry.get("weight_bits"):
-        count = entry.get("num_weights")
-        return f"int{entry['weight_bits']}" + (f" x {count}" if count else "")
-    return "fp32" if entry.get("status") == "fp32" else "-"
-
-
 def _modules_table(modules: dict[str, dict]) -> Table:
-    table = Table(title="modules")
-    for col in ("module", "kind", "weights", "note"):
+    table = Table(title="modules (inputs: bits of each quantized input's grid)")
+    for col in ("module", "kind", "weights", "inputs", "note"):
         table.add_column(col, overflow="fold")
     for module, entry in modules.items():
         note = entry.get("reason", "")
         if entry.get("rounding"):
             note = f"{entry['rounding']} rounding" + (f"; {note}" if note else "")
-        table.add_row(module, entry.get("kind", ""), _weights(entry), note)
+        inputs = ", ".join(bits_name(b, "a") for b in entry.get("input_bits") or [] if b is not None) or "-"
+        table.add_row(module, entry.get("kind", ""), weights_cell(entry), inputs, note)
     return table
 
 
@@ -96,6 +90,7 @@ def inspect(
         "modules": module_entries(qfile),
         "tensors": rows,
     }
+    summary["bit_map"] = bit_map(summary["modules"]).to_dict()
     if json_output:
         print_json(summary)
         return
@@ -116,7 +111,14 @@ def inspect(
         f"quantized from {source.get('name') or source.get('path') or '?'}") if part)
     console.print(f"{described}; source sha256 "
                   f"{qfile.raw_metadata.get('gaqtool.source_sha256', '?')[:16]}…", highlight=False)
+    console.print(bit_map_line(summary["bit_map"]), highlight=False)
+    budget = qfile.report.get("budget")
+    if budget:
+        for line in budget_lines(budget):
+            console.print(line, highlight=False)
     if modules:
+        if budget and budget.get("promotions"):
+            console.print(promotions_table(budget))
         console.print(_modules_table(summary["modules"]))
     if tensors:
         table = Table(title="tensors")

@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Annotated, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, log, print_json, progress, training_callback, warn
+from gaqtool.cli.console import console, log, print_json, progress, progress_enabled, training_callback, warn
 from gaqtool.cli.options import DeviceOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
 from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
                             WeightRounding)
-from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
-from gaqtool.errors import InputError
+from gaqtool.data.spec import UNIVERSAL, check_spec, composition_mismatch, default_spec, resolve_data
+from gaqtool.errors import DataError, InputError
 from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import render_quantize_report
 
 if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
+    from gaqtool.data.spec import DataSelection
     from gaqtool.qat import QATOptions
 
 EVAL_FRAMES = 200
@@ -97,6 +98,38 @@ def _write_outputs(output: Path, report_path: Path | None, write_model, started:
     return report
 
 
+def _validation_data(spec: str | None, calib_spec: str, rmd17_dir, molecule, calib_frames, config,
+                     eval_set, val_frames: int | None) -> DataSelection:
+    """The frames an error budget is checked on: ``--val-data`` or the validation part of the
+    calibration data; refused when they share a structure with calibration or test."""
+    if spec is None and not (calib_spec in ("rmd17", UNIVERSAL) or calib_spec.startswith("rmd17:")):
+        raise InputError("--max-error with a calibration file needs --val-data",
+                         hint="give validation frames that are neither calibration nor test frames")
+    selection = resolve_data(spec or calib_spec, "val", rmd17_dir, molecule)
+    if val_frames and val_frames < len(selection.frames):
+        selection.frames = selection.frames.subset(range(val_frames))
+        selection.description += f", the first {val_frames}"
+        selection.note += f" (the first {val_frames})"
+    for other, name in ((calibration_subset(config, calib_frames), "calibration"), (eval_set, "test")):
+        shared = shared_structures(selection.frames, other)
+        if shared:
+            raise DataError(f"{shared} validation structure(s) are also {name} structures",
+                            hint="give --val-data frames disjoint from calibration and test")
+    return selection
+
+
+def _stage_bars(bar, json_output: bool):
+    """``search_bit_map``'s progress: one bar per stage of the search (one line per stage
+    when bars are off, e.g. in a log file; nothing in --json mode)."""
+    def stage(description: str, total: int):
+        if not progress_enabled(json_output) and not json_output:
+            console.print(f"[dim]{description}: {total} step{'s' if total != 1 else ''}[/]", highlight=False)
+        task = bar.add_task(description, total=total, info="")
+        return lambda n=1: bar.update(task, advance=n)
+
+    return stage
+
+
 @app.command(short_help="Quantize an FP32 model to a bit-packed file, with a report.")
 def quantize(
     model: ModelArgument = None,
@@ -134,6 +167,11 @@ def quantize(
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
     qat_ema_decay: Annotated[float, typer.Option("--qat-ema-decay", min=0.0, max=0.9999, help="Per-step decay of the moving average of the QAT weights that is validated and written (0.9: about the last 10 steps; 0.99: about 100).")] = 0.9,
     tangent_projection: Annotated[bool, typer.Option("--tangent-projection/--no-tangent-projection", help="QAT: straight-through on the unit direction, so direction gradients are projected onto the sphere's tangent space.")] = True,
+    max_error: Annotated[Optional[str], typer.Option("--max-error", help="Error budget: choose per-module weight bits and per-grid activation bits, starting from --bits, until it holds on the validation frames. Ratios to FP32's error against labels (energy=1.10,forces=1.10) or absolute deviations from the FP32 parent with units (forces=5meV/A,energy=1meV/atom,stress=1meV/A3; no labels needed). Not met even at W8A16: an error and no file.", show_default=False)] = None,
+    best_effort: Annotated[bool, typer.Option("--best-effort", help="With --max-error: write the closest model found even if the budget is not met (the report says by how much it misses).")] = False,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help="Validation frames for --max-error, disjoint from calibration and test. Default: the validation part of the calibration data (rMD17: 50 frames of the train split; universal: its val part).", show_default=False)] = None,
+    val_frames: Annotated[Optional[int], typer.Option("--val-frames", min=1, help="Validation frames used by --max-error (default: all).", show_default=False)] = None,
+    sensitivity_frames: Annotated[Optional[int], typer.Option("--sensitivity-frames", min=1, help="With --max-error: measure each module's and grid's error on this many of the calibration frames, evenly spread (default: all; fewer is faster, one pass per candidate).", show_default=False)] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
     rmd17_dir: Rmd17DirOption = None,
@@ -146,7 +184,8 @@ def quantize(
 ) -> None:
     """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report.
 
-    With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
+    With --max-error the bits are chosen per module and per activation grid to meet an error
+    budget (docs/error-budget.md). With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
     from gaqtool.device import place_model, select_device
@@ -164,11 +203,19 @@ def quantize(
     config = build_config(bits, method, group_size, observer, percentile, direction_mode, direction_bits,
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
+    from gaqtool.quant.budget import check_budget, parse_budget
+
+    budget = parse_budget(max_error) if max_error is not None else None
+    if best_effort and budget is None:
+        raise InputError("--best-effort needs --max-error")
 
     from gaqtool import distributed
     from gaqtool.io.loading import load_model
     from gaqtool.qat import QATOptions
-    from gaqtool.workflow import FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary, write_quantized
+    from gaqtool.quant.bitmap import bit_map
+    from gaqtool.quant.mixed_precision import search_bit_map
+    from gaqtool.workflow import (FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary,
+                                  write_quantized)
 
     threads = use_threads(threads)
     started = time.perf_counter()
@@ -194,13 +241,21 @@ def quantize(
         mismatch = selection is not None and composition_mismatch(selection.frames, molecule)
         if mismatch:
             warn(f"{role} data: {mismatch}")
+    validation = (_validation_data(val_data, calib_data or default_spec(molecule), rmd17_dir, molecule,
+                                   calib.frames, config, eval_set, val_frames) if budget else None)
     if not json_output:
-        log.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]", highlight=False)
-    qat_summary = None
+        log.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]"
+                  + (f"\n[dim]validation: {validation.note}[/]" if validation else ""), highlight=False)
+    qat_summary = search = None
     with progress(json_output) as bar:
-        task = bar.add_task("calibrating", total=n_calib, info="")
-        quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
-                                          lambda n: bar.update(task, advance=n))
+        if budget:
+            search = search_bit_map(loaded.model, config, calib.frames, validation.frames, budget, best_effort,
+                                    _stage_bars(bar, json_output), sensitivity_frames)
+            quantized, plan, config = search.model, search.plan, search.config
+        else:
+            task = bar.add_task("calibrating", total=n_calib, info="")
+            quantized, plan = quantize_loaded(loaded.model, config, calib.frames,
+                                              lambda n: bar.update(task, advance=n))
         if qat_epochs:
             quantized, qat_summary = _fine_tune(loaded, config, calib, train, val, bar,
                                                 QATOptions(epochs=qat_epochs, vector_warmup=vector_warmup,
@@ -225,6 +280,7 @@ def quantize(
         "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,
         "size": size_summary(loaded, quantized),
+        "bit_map": bit_map(plan.entries).to_dict(),
         "modules": [{"path": p, **e} for p, e in plan.entries.items()],
         "unquantized_parameters": plan.unquantized_parameters,
         "force_mode": (f"{config.force_mode.value}: {FORCE_MODE_NOTE[config.force_mode.value]}"
@@ -235,6 +291,9 @@ def quantize(
     }
     if qat_summary:
         report["qat"] = qat_summary
+    if search:
+        report["budget"] = {**search.to_report(budget), "validation_data": validation.description,
+                            "test": check_budget(budget, metrics["accuracy"], metrics["deviation"])}
     report = _write_outputs(output, report_path, lambda path: write_quantized(
         path, loaded, quantized, plan, config, report), started)
     if json_output:

@@ -17,7 +17,7 @@ import numpy as np
 
 from gaqtool.errors import DataError
 
-__all__ = ["Frames", "KCAL_MOL_TO_EV", "read_npz", "read_ase", "read_frames"]
+__all__ = ["Frames", "KCAL_MOL_TO_EV", "read_npz", "read_ase", "read_frames", "shared_structures"]
 
 KCAL_MOL_TO_EV = 0.0433641
 """1 kcal/mol in eV (the constant nequip's rMD17 loader uses)."""
@@ -102,6 +102,17 @@ class Frames:
     def num_atoms(self) -> np.ndarray:
         """(F,) atoms per frame."""
         return np.array([len(z) for z in self.numbers])
+
+    def fingerprints(self) -> set[bytes]:
+        """One key per structure (atomic numbers and positions rounded to 1e-6 A), to find
+        structures two sets share."""
+        return {np.asarray(z, dtype=np.int64).tobytes() + np.round(np.asarray(x), 6).tobytes()
+                for z, x in zip(self.numbers, self.positions)}
+
+
+def shared_structures(a: "Frames", b: "Frames") -> int:
+    """How many structures of ``a`` also occur in ``b`` (same elements and positions)."""
+    return len(a.fingerprints() & b.fingerprints())
 
 
 def _validated(numbers, coords, energies, forces, source: str) -> None:

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from gaqtool import __version__
-from gaqtool.config import QuantConfig
+from gaqtool.config import FP32_BITS, QuantConfig
 from gaqtool.errors import FormatError, GaqtoolError
 from gaqtool.io.atomic import atomic_write
 from gaqtool.packing import pack_bits, unpack_bits
@@ -37,6 +37,8 @@ __all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized", "read_header", 
 
 # Format changelog:
 #   1 (gaqtool 0.1): packed weights + scales + shapes, activation scales as plain tensors.
+#     Header additions inside version 1 are listed in docs/FORMAT.md by gaqtool version (0.3.0:
+#     per-module / per-grid bit overrides in the quant config, input_bits in the plan).
 FORMAT_VERSION = "1"
 # buffers rebuilt from the model config, not stored: e3nn output masks, and the constants of
 # e3nn's generated (torch.fx) tensor-product code, which a deep copy turns into state-dict entries
@@ -124,7 +126,8 @@ def _rounded(value: Any, digits: int = 6) -> Any:
 
 def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
     """The report without what the file holds elsewhere or what only the --report JSON needs
-    (the per-epoch QAT history). The source checkpoint is named by its file name only: its
+    (the per-epoch QAT history, the bit map's per-module lists, which the plan holds, and the
+    per-module sensitivities of an error budget). The source checkpoint is named by its file name only: its
     directory says nothing about the model (``gaqtool.source_sha256`` identifies it), and
     would make the bytes depend on where the user keeps it."""
     stored = {k: v for k, v in report.items() if k not in _REPORT_KEYS_NOT_STORED}
@@ -132,19 +135,31 @@ def _report_for_file(report: dict[str, Any]) -> dict[str, Any]:
         stored["source"] = {**stored["source"], "path": Path(stored["source"]["path"]).name}
     if isinstance(stored.get("qat"), dict):
         stored["qat"] = {k: v for k, v in stored["qat"].items() if k not in ("history", "seconds")}
+    if isinstance(stored.get("bit_map"), dict):  # the plan holds every module's and grid's bits
+        stored["bit_map"] = {k: v for k, v in stored["bit_map"].items() if k not in ("weights", "activations")}
+    if isinstance(stored.get("budget"), dict):  # per-module sensitivities only in --report
+        budget = stored["budget"] = dict(stored["budget"])
+        budget["sensitivity"] = {k: v for k, v in budget.get("sensitivity", {}).items() if k != "targets"}
+        budget["promotions"] = [{k: v for k, v in p.items() if k != "kind" and v is not None}
+                                for p in budget.get("promotions", [])]
     return stored
 
 
-def plan_for_file(entries: dict[str, dict[str, Any]], weight_bits: int) -> dict[str, dict[str, Any]]:
-    """Module entries without what the file already says: empty reasons, ``num_weights`` (the
-    product of the module's ``*_shape`` tensors) and ``weight_bits`` where it is the config's
-    ``weight_bits`` (readers fill both back in). The per-parameter FP32 list stays in the
-    printed / --report report."""
-    def stored(key: str, value: Any) -> bool:
-        return not (key == "num_weights" or (key == "reason" and not value)
-                    or (key == "weight_bits" and value == weight_bits))
+def plan_for_file(entries: dict[str, dict[str, Any]], weight_bits: int,
+                  activation_bits: int | None = None) -> dict[str, dict[str, Any]]:
+    """Module entries without what the file already says: empty reasons, ``num_weights`` of
+    packed weights (the product of the module's ``*_shape`` tensors; kept for FP32 weights),
+    ``weight_bits`` where it is the config's ``weight_bits`` and ``input_bits`` where every
+    grid has the config's ``activation_bits`` (readers fill them back in). The per-parameter
+    FP32 list stays in the printed / --report report."""
+    def stored(entry: dict[str, Any], key: str, value: Any) -> bool:
+        packed = entry.get("status") == "quantized" and entry.get("weight_bits") not in (None, FP32_BITS)
+        default_grids = key == "input_bits" and all(
+            b == activation_bits for b, i in zip(value, entry.get("inputs") or []) if i is not None)
+        return not ((key == "num_weights" and (packed or not value)) or (key == "reason" and not value)
+                    or (key == "weight_bits" and value == weight_bits) or default_grids)
 
-    return {path: {k: v for k, v in entry.items() if stored(k, v)} for path, entry in entries.items()}
+    return {path: {k: v for k, v in entry.items() if stored(entry, k, v)} for path, entry in entries.items()}
 
 
 def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig, plan: QuantPlan,
@@ -156,7 +171,8 @@ def save_quantized(path: Path | str, model: torch.nn.Module, config: QuantConfig
         "gaqtool.writer": f"gaqtool {__version__}",
         "gaqtool.model_config": _compact_json(model.config),
         "gaqtool.quant_config": _compact_json(config.to_dict()),
-        "gaqtool.plan": _compact_json({"entries": plan_for_file(plan.entries, config.weight_bits)}),
+        "gaqtool.plan": _compact_json({"entries": plan_for_file(plan.entries, config.weight_bits,
+                                                                config.activation_bits)}),
         "gaqtool.report": _compact_json(_rounded(_report_for_file(report or {}))),
         "gaqtool.source_sha256": source_sha256,
         "gaqtool.tensors_sha256": _tensors_digest(tensors),
@@ -211,6 +227,10 @@ class QuantizedFile:
             for entry in self.plan.get("entries", {}).values():  # left out where it is the config's
                 if entry.get("status") == "quantized" and "weight_bits" not in entry:
                     entry["weight_bits"] = self.quant_config_dict.get("weight_bits")
+                if entry.get("status") == "quantized" and "input_bits" not in entry:
+                    bits = self.quant_config_dict.get("activation_bits")
+                    entry["input_bits"] = [bits if irreps is not None else None
+                                           for irreps in entry.get("inputs") or []]
             self.report = json.loads(self.raw_metadata.get("gaqtool.report", "{}"))
         except json.JSONDecodeError as exc:
             raise FormatError(f"{self.path}: metadata is not valid JSON ({exc})") from None

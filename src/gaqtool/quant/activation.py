@@ -30,6 +30,7 @@ __all__ = ["ActivationQuantizer"]
 
 class ActivationQuantizer(nn.Module):
     """Fake-quantizes a tensor ``(..., irreps.dim)`` (mul_ir layout); modes: off / calibrate / quantize.
+    ``num_bits``: this grid's bits (default: ``config.activation_bits``).
 
     Buffers (filled by calibration, stored in the output file):
       scalar_scale, scalar_zero_point: (num l=0 channels,) float32 / int32   [gaq]
@@ -37,11 +38,11 @@ class ActivationQuantizer(nn.Module):
       tensor_scale:                    (1,) float32                          [naive]
     """
 
-    def __init__(self, irreps: o3.Irreps, config: QuantConfig):
+    def __init__(self, irreps: o3.Irreps, config: QuantConfig, num_bits: int | None = None):
         super().__init__()
         self.irreps = o3.Irreps(irreps)
         self.method = config.method
-        self.num_bits = int(config.activation_bits)
+        self.num_bits = int(num_bits if num_bits is not None else config.activation_bits)
         self.observer_kind = config.observer.value
         self.percentile = config.percentile
         self.direction_mode = config.direction_mode.value

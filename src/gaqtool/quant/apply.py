@@ -25,7 +25,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from gaqtool.config import ForceMode, QuantConfig
+from gaqtool.config import FP32_BITS, ForceMode, QuantConfig
+from gaqtool.errors import InputError
 from gaqtool.potential import Prediction, autograd_prediction, predict_batch
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
@@ -33,9 +34,15 @@ from gaqtool.quant.modules import QuantizedModule
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS", "fan_in",
            "register_handler", "module_roles", "activation_rounding_off", "set_force_mode",
            "conservative_prediction", "uses_conservative_forces", "dynamics_prediction",
-           "ROLE_PREFIX"]
+           "ROLE_PREFIX", "grid_name"]
 
 ROLE_PREFIX = "role:"
+
+def grid_name(module_path: str, index: int) -> str:
+    """Name of one quantized input (an activation grid): ``<module path>.input_quantizers.<i>``,
+    the prefix of its tensors in the file."""
+    return f"{module_path}.input_quantizers.{index}"
+
 
 def _scalars(n: int) -> o3.Irreps:
     return o3.Irreps(f"{n}x0e")
@@ -122,8 +129,9 @@ def _weight_bits(module: nn.Module, kind: str, config: QuantConfig, wide: bool =
 class QuantPlan:
     """What ``quantize_model`` did: one entry per module (quantized or kept FP32) with reasons.
 
-    entries: path -> {"kind", "status": "quantized"|"fp32", "reason", "weight_bits",
-                      "num_weights", "inputs": [irreps or None]}
+    entries: path -> {"kind", "status": "quantized"|"fp32", "reason", "weight_bits" (32: FP32
+                      weights by the bit map), "num_weights", "inputs": [irreps or None],
+                      "input_bits": [bits of each input's grid, 32 = FP32, or None]}
     unquantized_parameters: parameter/buffer paths stored as float32, with a reason each
     """
 
@@ -168,6 +176,9 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
         if reason is not None and (kind is not None or module._parameters):
             plan.entries[path] = {"kind": kind or type(module).__name__, "status": "fp32",
                                   "reason": reason}
+            if kind is not None:
+                plan.entries[path]["num_weights"] = int(sum(
+                    getattr(module, n).numel() for n in HANDLERS[kind][1](module)[1]))
             skip_below.append(path)
             continue
         if kind is not None:
@@ -178,20 +189,36 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
             plan.entries[path] = {"kind": type(module).__name__, "status": "fp32",
                                   "reason": f"no quantization handler for {type(module).__name__} "
                                             f"(parameters: {names})"}
+    weight_overrides, grid_overrides = config.weight_bits_of, config.activation_bits_of
     for path, module, kind in swaps:
         input_irreps, weight_names = HANDLERS[kind][1](module)
-        wrapped = QuantizedModule(module, kind, input_irreps, weight_names, config,
-                                  _weight_bits(module, kind, config,
-                                               _keep_reason(path, roles, config.keep_wide) is not None))
+        bits = weight_overrides.pop(path, None)
+        if bits is None:
+            bits = _weight_bits(module, kind, config, _keep_reason(path, roles, config.keep_wide) is not None)
+        quantizes = config.quantizes_activations
+        input_bits = [grid_overrides.pop(grid_name(path, i), config.activation_bits)
+                      if (irreps is not None and quantizes) else None for i, irreps in enumerate(input_irreps)]
+        num_weights = int(sum(getattr(module, n).numel() for n in weight_names))
+        wrapped = QuantizedModule(module, kind, input_irreps, [] if bits == FP32_BITS else weight_names,
+                                  config, bits, input_bits)
         _set_submodule(model, path, wrapped)
+        reason = "" if weight_names else "no weights: inputs quantized only"
+        if weight_names and bits == FP32_BITS:
+            reason = "weights FP32 by the bit map"
         plan.entries[path] = {
-            "kind": kind, "status": "quantized",
-            "reason": "" if weight_names else "no weights: inputs quantized only",
-            "weight_bits": wrapped.weight_bits if weight_names else None,
-            "num_weights": int(sum(getattr(wrapped, f"{n}_int").numel() for n in weight_names)),
-            "inputs": [str(o3.Irreps(i).simplify()) if (i is not None and config.quantizes_activations) else None
+            "kind": kind, "status": "quantized", "reason": reason,
+            "weight_bits": bits if weight_names else None,
+            "num_weights": num_weights,
+            "inputs": [str(o3.Irreps(i).simplify()) if (i is not None and quantizes) else None
                        for i in input_irreps],
+            "input_bits": input_bits,
         }
+    if weight_overrides or grid_overrides:
+        unknown = sorted(weight_overrides) + sorted(grid_overrides)
+        raise InputError(f"the bit map names {len(unknown)} module(s) or grid(s) this model does not "
+                         f"quantize, e.g. '{unknown[0]}'",
+                         hint="module paths as --show-modules lists them; grids as "
+                              "<module>.input_quantizers.<i>")
     set_force_mode(model, config.force_mode)
     for name, tensor in model.state_dict().items():
         if name.endswith("_int") or name.endswith("_scale") or ".input_quantizers." in name:
@@ -199,11 +226,11 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, Qu
         module_path, _, leaf = name.rpartition(".")
         owner = module_path.removesuffix(".inner")
         entry = plan.entries.get(owner)
-        if entry and entry["status"] == "quantized" and leaf in HANDLERS[entry["kind"]][1](
-                model.get_submodule(owner).inner)[1]:
+        if entry and entry["status"] == "quantized" and leaf in model.get_submodule(owner).weight_names:
             continue
         reason = "bias (kept FP32)" if leaf == "bias" else (
-            entry["reason"] if entry and entry["status"] == "fp32" else "not a weight of a supported module")
+            entry["reason"] if entry and (entry["status"] == "fp32" or entry.get("weight_bits") == FP32_BITS)
+            else "not a weight of a supported module")
         plan.unquantized_parameters[name] = reason
     return model, plan
 

@@ -18,7 +18,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from gaqtool.config import QuantConfig, WeightClip
+from gaqtool.config import FP32_BITS, QuantConfig, WeightClip
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.weights import dequantize_parameter, quantize_parameter
 
@@ -30,11 +30,15 @@ class QuantizedModule(nn.Module):
 
     kind:         handler name, e.g. 'o3.Linear' (recorded in the file)
     input_irreps: one entry per positional tensor input: irreps to quantize it with, or None
-    weight_names: parameters of ``inner`` to quantize (weight_bits, symmetric)
+    weight_names: parameters of ``inner`` to quantize (weight_bits, symmetric); empty: the
+                  weights stay float32 parameters of ``inner``
+    input_bits:   bits of each input's grid (None: ``config.activation_bits``; 32: that input
+                  stays float32, no quantizer)
     """
 
     def __init__(self, inner: nn.Module, kind: str, input_irreps: list[o3.Irreps | None],
-                 weight_names: list[str], config: QuantConfig, weight_bits: int | None = None):
+                 weight_names: list[str], config: QuantConfig, weight_bits: int | None = None,
+                 input_bits: list[int | None] | None = None):
         super().__init__()
         self.inner = inner
         self.kind = kind
@@ -44,9 +48,11 @@ class QuantizedModule(nn.Module):
         self.per_tensor = config.method.value == "naive"
         self.clip_search = config.weight_clip == WeightClip.MSE
         quantize_inputs = config.quantizes_activations
+        input_bits = list(input_bits) if input_bits is not None else [None] * len(input_irreps)
         self.input_quantizers = nn.ModuleList(
-            ActivationQuantizer(irreps, config) if (irreps is not None and quantize_inputs) else nn.Identity()
-            for irreps in input_irreps)
+            ActivationQuantizer(irreps, config, bits)
+            if (irreps is not None and quantize_inputs and bits != FP32_BITS) else nn.Identity()
+            for irreps, bits in zip(input_irreps, input_bits))
         for attr in ("irreps_in", "irreps_out", "irreps_in1", "irreps_in2"):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
