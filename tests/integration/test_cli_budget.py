@@ -52,11 +52,11 @@ def test_report_shows_the_map_and_fits_80_columns(cli, tiny_checkpoint, tmp_path
     result = cli("quantize", tiny_checkpoint, "-o", out, "--report", report,
                  "--max-error", "forces=1meV/A,energy=0.1meV/atom", *FAST)
     assert result.exit_code == 0, result.output
-    assert max(len(line) for line in result.stderr.splitlines()) <= 80, max(result.stderr.splitlines(), key=len)
-    assert "bit map: weights" in result.stderr and "promotions" in result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, max(result.stdout.splitlines(), key=len)
+    assert "bit map: weights" in result.stdout and "promotions" in result.stdout
     data = json.loads(report.read_text())
     assert data["budget"]["promotions"] and data["bit_map"]["weights"]
     assert set(data["budget"]["test"]["values"]) == {"forces", "energy"}
     inspected = cli("inspect", out, "--no-tensors")
-    assert inspected.exit_code == 0 and max(len(line) for line in inspected.stderr.splitlines()) <= 80
-    assert "chosen on test" in inspected.stderr
+    assert inspected.exit_code == 0 and max(len(line) for line in inspected.stdout.splitlines()) <= 80
+    assert "chosen on test" in inspected.stdout

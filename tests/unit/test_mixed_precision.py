@@ -127,7 +127,7 @@ def test_the_map_round_trips_through_the_file_and_inspect(frames, tmp_path, cli)
     assert inspected.exit_code == 0
     assert json.loads(inspected.stdout)["data"]["bit_map"] == json.loads(json.dumps(expected.to_dict()))
     human = cli("inspect", path, "--no-tensors")
-    assert "bit map: weights" in human.stderr and "a16" in human.stderr and "fp32 x" in human.stderr
+    assert "bit map: weights" in human.stdout and "a16" in human.stdout and "fp32 x" in human.stdout
 
 
 def test_overrides_are_validated_and_must_name_quantized_modules():

@@ -12,6 +12,7 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json
 from gaqtool.cli.options import JsonOption
+from gaqtool.quant.bitmap import bit_map
 from gaqtool.report import bit_map_line, bits_name, budget_lines, format_bytes, promotions_table, weights_cell
 
 

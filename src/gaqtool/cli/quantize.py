@@ -102,6 +102,9 @@ def _validation_data(spec: str | None, calib_spec: str, rmd17_dir, molecule, cal
                      eval_set, val_frames: int | None) -> DataSelection:
     """The frames an error budget is checked on: ``--val-data`` or the validation part of the
     calibration data; refused when they share a structure with calibration or test."""
+    from gaqtool.data.frames import shared_structures
+    from gaqtool.workflow import calibration_subset
+
     if spec is None and not (calib_spec in ("rmd17", UNIVERSAL) or calib_spec.startswith("rmd17:")):
         raise InputError("--max-error with a calibration file needs --val-data",
                          hint="give validation frames that are neither calibration nor test frames")
@@ -139,7 +142,7 @@ def quantize(
     group_size: Annotated[Optional[int], typer.Option("--group-size", min=1, help="Weight scales per group of this many input channels (default: one scale per output channel).")] = None,
     observer: Annotated[ObserverKind, typer.Option("--observer", help="Calibration statistic for activation ranges.")] = ObserverKind.MINMAX,
     percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --observer percentile.")] = 99.99,
-    weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping ratio that minimises each channel's squared rounding error) or minmax. Default: mse for post-training quantization, minmax as the start of QAT (LSQ learns its own clipping; MSE-clipped starts fine-tuned worse). --method naive always uses one min-max scale per tensor.", show_default=False)] = None,
+    weight_clip: Annotated[Optional[WeightClip], typer.Option("--weight-clip", help="Per-channel weight scales: mse (the clipping that minimises each channel's rounding error) or minmax. Default: mse, minmax as the start of QAT. --method naive: one min-max scale per tensor.", show_default=False)] = None,
     weight_rounding: Annotated[WeightRounding, typer.Option("--weight-rounding", help="How weights are rounded to their grid: gptq (error-compensating, fitted so that each layer's outputs and their derivatives with respect to the atom positions on the calibration molecules change least) or nearest. With --qat-epochs the latent weights start from these rounded ones.")] = WeightRounding.GPTQ,
     direction_mode: Annotated[DirectionMode, typer.Option("--direction-mode", help="MDDQ direction: component grid + renormalisation (global axes), frame (the same grid in an equivariant local frame per atom/edge built from its own l=1 features; rounding commutes with rotations), spherical codebook (l=1), or fp16.")] = DirectionMode.FRAME,
     direction_bits: Annotated[int, typer.Option("--direction-bits", min=1, max=16, help="Bits per direction component for --direction-mode component and frame.")] = 8,
@@ -154,7 +157,7 @@ def quantize(
     keep_wide: Annotated[Optional[List[str]], typer.Option("--keep-wide", help="Modules whose weights use --small-fan-in-bits (8) whatever their fan-in, repeatable: a role (e.g. role:readout) or a path pattern. Default: none.", show_default=False)] = None,
     small_fan_in_bits: Annotated[Optional[int], typer.Option("--small-fan-in-bits", help="Weight bits of layers with at most --small-fan-in inputs per output (here: the first layer of each radial MLP, 8 Bessel functions in), whose rounding errors do not average out and whose derivatives are the forces; 0: same bits as every other layer. Default: 8 for gaq and weight-only, 0 for naive.", show_default=False)] = None,
     small_fan_in: Annotated[int, typer.Option("--small-fan-in", min=1, help="Fan-in threshold of --small-fan-in-bits.")] = 16,
-    force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models, stored in the file: ste (autograd straight through the rounding: the quantized network's own forces, which eval and lee-check measure; not the gradient of any energy, so NVE drifts) or conservative (gradient of the model with activation rounding off: exactly conservative and equivariant; the reported energy is still the quantized one). gaqtool md and GAQCalculator use conservative unless told otherwise; eval, lee-check and bench take --force-mode to override the file.")] = ForceMode.STE,
+    force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models, stored in the file: ste (straight through the rounding, what eval and lee-check measure; not conservative) or conservative (gradient of the model with activation rounding off). md and GAQCalculator use conservative unless told otherwise.")] = ForceMode.STE,
     energy_correction: Annotated[bool, typer.Option("--energy-correction/--no-energy-correction", help="Shift the per-atom energy so the quantized model's mean energy on the calibration frames equals the FP32 parent's (label-free bias correction).")] = True,
     qat_epochs: Annotated[int, typer.Option("--qat-epochs", min=0, help="Quantization-aware fine-tuning epochs after calibration (0: post-training quantization only).")] = 0,
     data: Annotated[Optional[str], typer.Option("--data", help="QAT training data: rmd17:<molecule> (950 train / 50 val of split 01) or a file. Default: the model's molecule.")] = None,
@@ -167,11 +170,11 @@ def quantize(
     qat_energy_weight: Annotated[float, typer.Option("--qat-energy-weight", min=0.0, help="Weight of the per-atom energy error (MSE, eV^2) next to the force error (MSE, (eV/A)^2) in the QAT loss and checkpoint selection.")] = 1.0,
     qat_ema_decay: Annotated[float, typer.Option("--qat-ema-decay", min=0.0, max=0.9999, help="Per-step decay of the moving average of the QAT weights that is validated and written (0.9: about the last 10 steps; 0.99: about 100).")] = 0.9,
     tangent_projection: Annotated[bool, typer.Option("--tangent-projection/--no-tangent-projection", help="QAT: straight-through on the unit direction, so direction gradients are projected onto the sphere's tangent space.")] = True,
-    max_error: Annotated[Optional[str], typer.Option("--max-error", help="Error budget: choose per-module weight bits and per-grid activation bits, starting from --bits, until it holds on the validation frames. Ratios to FP32's error against labels (energy=1.10,forces=1.10) or absolute deviations from the FP32 parent with units (forces=5meV/A,energy=1meV/atom,stress=1meV/A3; no labels needed). Not met even at W8A16: an error and no file.", show_default=False)] = None,
-    best_effort: Annotated[bool, typer.Option("--best-effort", help="With --max-error: write the closest model found even if the budget is not met (the report says by how much it misses).")] = False,
-    val_data: Annotated[Optional[str], typer.Option("--val-data", help="Validation frames for --max-error, disjoint from calibration and test. Default: the validation part of the calibration data (rMD17: 50 frames of the train split; universal: its val part).", show_default=False)] = None,
+    max_error: Annotated[Optional[str], typer.Option("--max-error", help="Error budget that chooses bits per module and grid: ratios to FP32's error (energy=1.10,forces=1.10) or deviations from FP32 (forces=5meV/A,energy=1meV/atom). Unmet at W8A16: error, no file.", show_default=False)] = None,
+    best_effort: Annotated[bool, typer.Option("--best-effort", help="With --max-error: write the closest model even if the budget is not met.")] = False,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help="Validation frames for --max-error (disjoint from calibration and test). Default: the calibration data's val part.", show_default=False)] = None,
     val_frames: Annotated[Optional[int], typer.Option("--val-frames", min=1, help="Validation frames used by --max-error (default: all).", show_default=False)] = None,
-    sensitivity_frames: Annotated[Optional[int], typer.Option("--sensitivity-frames", min=1, help="With --max-error: measure each module's and grid's error on this many of the calibration frames, evenly spread (default: all; fewer is faster, one pass per candidate).", show_default=False)] = None,
+    sensitivity_frames: Annotated[Optional[int], typer.Option("--sensitivity-frames", min=1, help="With --max-error: calibration frames the sensitivities are measured on (default: all).", show_default=False)] = None,
     report_path: Annotated[Optional[Path], typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
     show_modules: Annotated[bool, typer.Option("--show-modules", help="List every module with its bits.")] = False,
     rmd17_dir: Rmd17DirOption = None,
@@ -185,7 +188,7 @@ def quantize(
     """Quantize an FP32 equivariant potential (GAQ / MDDQ) to a bit-packed safetensors file with a report.
 
     With --max-error the bits are chosen per module and per activation grid to meet an error
-    budget (docs/error-budget.md). With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
+    budget. With --qat-epochs N the calibrated model is fine-tuned (quantization-aware, LSQ step sizes,
     vector warm-up) before it is written; under torchrun the fine-tuning is data-parallel.
     """
     from gaqtool.device import place_model, select_device
