@@ -15,7 +15,6 @@ equals quantizing each gathered copy). While they are calibrating, the forward i
 
 from __future__ import annotations
 
-import torch
 from e3nn import o3
 from torch import nn
 

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
-from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 ThreadsOption, TrustPickleOption)
+from gaqtool.cli.options import (E3nnConvolutionOption, ForceModeOverrideOption, JsonOption,
+                                 ModalOption, Rmd17DirOption, ThreadsOption, TrustPickleOption)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
@@ -325,6 +325,7 @@ def evaluate(
     fp32: FP32Option = None,
     force_mode: ForceModeOverrideOption = None,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     threads: ThreadsOption = None,
@@ -337,7 +338,7 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     _check_plot_path(plot)
-    loaded = load_model(model, trust_pickle, force_mode, modal)
+    loaded = load_model(model, trust_pickle, force_mode, modal, e3nn_convolution)
     spec = data or default_spec(loaded.molecule)
     selection = resolve_data(spec, split.value, rmd17_dir, loaded.molecule)
     frames, note = selection.frames, selection.note

@@ -14,7 +14,8 @@ from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress
 from gaqtool.cli.evaluate import display_name
 from gaqtool.cli.lee import load_models
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import (E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption,
+                                 ThreadsOption, TrustPickleOption)
 from gaqtool.config import ForceMode
 from gaqtool.data.spec import resolve_data
 from gaqtool.errors import DataError, InputError
@@ -151,6 +152,7 @@ def md(
     trajectory: Annotated[Optional[Path], typer.Option("--trajectory", help="Write an ASE .traj (several models: NAME_1.traj, NAME_2.traj, ... in argument order).")] = None,
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models: conservative (-dE_s/dx of the model with activation rounding off, so the dynamics conserve E_s + E_kin) or ste (straight through the rounding, as the file's eval does: not conservative, drifts). FP32 and weight-only models are exact either way.")] = ForceMode.CONSERVATIVE,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -164,7 +166,8 @@ def md(
 
     if threads:
         torch.set_num_threads(threads)
-    loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal)
+    loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal,
+                                                e3nn_convolution)
     begin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)

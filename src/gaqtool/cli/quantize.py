@@ -11,7 +11,8 @@ import typer
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, print_json, progress, training_callback
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption
+from gaqtool.cli.options import (E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption,
+                                 ThreadsOption, TrustPickleOption)
 from gaqtool import distributed
 from gaqtool.config import DirectionMode, ForceMode, Method, ObserverKind, QuantConfig, WeightClip, WeightRounding
 from gaqtool.data.spec import default_spec, resolve_data
@@ -109,6 +110,7 @@ def quantize(
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
@@ -130,7 +132,7 @@ def quantize(
                           codebook_size, calib_frames, keep_fp32, force_mode, seed, energy_correction,
                           weight_clip, weight_rounding, small_fan_in_bits, small_fan_in, keep_wide)
     started = time.perf_counter()
-    loaded = load_model(model, trust_pickle, modal=modal)
+    loaded = load_model(model, trust_pickle, modal=modal, e3nn_convolution=e3nn_convolution)
     if loaded.kind != "fp32":
         raise InputError(f"{loaded.path} is already quantized", hint="quantize the FP32 checkpoint (.pt)")
     molecule = loaded.molecule
