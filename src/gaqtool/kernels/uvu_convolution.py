@@ -117,9 +117,14 @@ class UvuConvolution(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, {len(self.path_rows)} paths"
 
-    def multiply_adds_per_edge(self) -> int:
-        """Multiply-adds of the forward kernel per edge (coupling and weighting; M excluded)."""
-        return sum(mul * d_in * (1 + d_out) for _, mul, d_in, d_out, *_ in self.path_rows)
+    def flops_per_edge(self, backward: bool = True) -> int:
+        """Floating-point operations per edge of the C kernels' loops (a multiply-add counts 2):
+        forward mul * d_in * (1 + d_out) multiply-adds per path; the backward adds
+        mul * d_in * (1 + d_out) for the node gradient and mul * d_in * (2 + 2 d_out) for the
+        weight and coupling gradients. The M = Y @ coupling GEMM is not included."""
+        forward = sum(mul * d_in * (1 + d_out) for _, mul, d_in, d_out, *_ in self.path_rows)
+        extra = sum(mul * d_in * (3 + 3 * d_out) for _, mul, d_in, d_out, *_ in self.path_rows)
+        return 2 * (forward + (extra if backward else 0))
 
     def forward(self, node_features: torch.Tensor, edge_attrs: torch.Tensor, edge_weights: torch.Tensor,
                 edges: EdgeIndex) -> torch.Tensor:
