@@ -220,3 +220,35 @@ def test_a_quantized_file_runs_the_same_with_either_convolution(sevennet, tmp_pa
     assert ((a.energies - b.energies).abs() / batch.num_atoms_per_molecule).max() < 1e-5
     assert (a.forces - b.forces).abs().max() < 1e-4
     assert (a.forces - predict_batch(sevennet.model, batch).forces).abs().max() > 1e-3  # quantized
+
+
+def test_bench_compares_with_sevenns_own_calculator_model(sevennet, test_frames):
+    """One system, one repeat: sevenn's own model is the reference, gaqtool's FP32 runtime is
+    within float32 noise of it, and the fused convolution's FLOPs and time are reported."""
+    from gaqtool.cli.bench import run_benchmark, universal_systems
+
+    systems = universal_systems(test_frames, sevennet.model.cutoff, 2)[:1]
+    data = run_benchmark(sevennet.model, [], systems, ["sevenn", "fp32"], repeats=1, warmup=0,
+                         memory=False, sevenn_source=(sevennet.path, None))
+    rows = {r["config"]: r for r in data["results"]}
+    assert rows["sevenn"]["status"] == rows["fp32"]["status"] == "ok"
+    assert rows["fp32"]["reference"] == "sevenn"
+    assert rows["fp32"]["max_abs_force_error_meV_per_A"] < 0.1
+    assert rows["fp32"]["max_abs_energy_error_meV"] / 21 < 0.01
+    assert data["ratios"]["fp32"]["1 aspirin"]["speedup"] > 0
+    convolution = rows["fp32"]["convolution"]
+    assert convolution["flops"] > 0 and convolution["seconds"] > 0
+    assert "convolution" not in rows["sevenn"]
+
+
+def test_training_gradients_through_forces_equal_e3nns(sevennet, sevennet_e3nn, test_frames):
+    """d(force loss)/d(radial MLP weights) needs the convolution's second derivative (QAT)."""
+    batch = make_batch(_frames([_aspirin(test_frames)]), [0], sevennet.model.cutoff)
+    grads = []
+    for loaded in (sevennet, sevennet_e3nn):
+        model = loaded.model
+        weight = model.net._modules["1_convolution"].weight_nn.layer0.weight
+        forces = predict_batch(model, batch, create_graph=True).forces
+        grads.append(torch.autograd.grad(forces.square().sum(), weight)[0])
+    assert grads[1].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() < 1e-4 * grads[1].abs().max()
