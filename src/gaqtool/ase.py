@@ -52,6 +52,8 @@ class GAQCalculator(Calculator):
                    conserve E_s + E_kin), 'ste' (straight through the rounding; drifts), or None
                    for the mode stored in the file. Applied to the model in place
                    (``set_force_mode``); FP32 and weight-only models are exact either way.
+    e3nn_convolution: for a model file, keep e3nn's tensor products instead of gaqtool's fused
+                   convolution (SevenNet; see ``gaqtool.io.loading.load_model``).
     free_energy is reported equal to energy (no electronic temperature). ``results`` also holds
     ``conserved_energy`` (eV): the potential whose gradient the forces are (differs from
     ``energy`` only for force mode 'conservative', where ``energy`` is the activation-quantized
@@ -62,14 +64,16 @@ class GAQCalculator(Calculator):
 
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
                  device: str = "cpu", trust_pickle: bool = False,
-                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE, **kwargs):
+                 force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE,
+                 e3nn_convolution: bool = False, **kwargs):
         super().__init__(**kwargs)
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model
             self.model_name = type(path_or_model).__name__
         else:
-            loaded = load_model(path_or_model, trust_pickle, force_mode) if from_file else path_or_model
+            loaded = (load_model(path_or_model, trust_pickle, force_mode, e3nn_convolution=e3nn_convolution)
+                      if from_file else path_or_model)
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
         if force_mode is not None and not from_file:  # load_model has applied it to files
