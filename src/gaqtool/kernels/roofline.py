@@ -1,9 +1,9 @@
 """Achieved FLOP/s of the fused convolution in a model, and this CPU's peak, for reports.
 
-FLOPs: :meth:`UvuConvolution.flops_per_edge` (the C kernels' loops, a multiply-add counts 2)
-times the edges of the batch, for every fused convolution of the model. Time: CPU time of the
-kernels' autograd Function (forward and backward, their zero-fills included) from one profiled
-energy + forces call. Peaks: the nominal FP32 peak, threads x clock x 64 (two AVX-512 FMA units
+FLOPs: :meth:`UvuConvolution.flops_per_edge` (the C kernels' inner loops, 2 per multiply or
+multiply-add) times the edges of the batch, for every fused convolution of the model. Time: the
+profiler's time inside the kernels' autograd Function (forward and backward, their zero-fills
+included; wall clock, so waiting for a descheduled thread counts) in one energy + forces call. Peaks: the nominal FP32 peak, threads x clock x 64 (two AVX-512 FMA units
 of 16 lanes; 32 without AVX-512, i.e. two AVX2 FMA units), with the clock from /proc/cpuinfo,
 and the rate of a 1024^3 float32 ``torch.mm`` measured here (a practical peak).
 """
@@ -31,7 +31,7 @@ def convolution_flops(model: torch.nn.Module, num_edges: int, backward: bool = T
 
 
 def convolution_seconds(run: Callable[[], object]) -> float:
-    """CPU seconds inside the fused kernels during one ``run()`` (0.0 if they did not run)."""
+    """Seconds inside the fused kernels' Function during one ``run()`` (0.0 if they did not run)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:

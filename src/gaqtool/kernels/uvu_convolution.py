@@ -118,7 +118,8 @@ class UvuConvolution(nn.Module):
         return f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, {len(self.path_rows)} paths"
 
     def flops_per_edge(self, backward: bool = True) -> int:
-        """Floating-point operations per edge of the C kernels' loops (a multiply-add counts 2):
+        """Floating-point operations per edge of the C kernels' inner loops (2 per multiply or
+        multiply-add):
         forward mul * d_in * (1 + d_out) multiply-adds per path; the backward adds
         mul * d_in * (1 + d_out) for the node gradient and mul * d_in * (2 + 2 d_out) for the
         weight and coupling gradients. The M = Y @ coupling GEMM is not included."""
