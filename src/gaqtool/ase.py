@@ -63,6 +63,8 @@ class GAQCalculator(Calculator):
     temperature).
     threads:       torch CPU threads, set when the calculator is made (process-wide, as torch's
                    setting is); None: one per core that is free then (``gaqtool.threads``).
+    e3nn_convolution: for a model file, keep e3nn's tensor products instead of gaqtool's fused
+                   convolution (SevenNet; see ``gaqtool.io.loading.load_model``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -70,7 +72,8 @@ class GAQCalculator(Calculator):
     def __init__(self, path_or_model: str | Path | LoadedModel | torch.nn.Module | None = None,
                  device: str = "cpu", trust_pickle: bool = False,
                  force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE,
-                 quantized_energy: bool = False, threads: int | None = None, **kwargs):
+                 quantized_energy: bool = False, threads: int | None = None,
+                 e3nn_convolution: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.threads = configure_threads(threads)
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
@@ -78,7 +81,8 @@ class GAQCalculator(Calculator):
             self.model = path_or_model
             self.model_name = type(path_or_model).__name__
         else:
-            loaded = load_model(path_or_model, trust_pickle, force_mode) if from_file else path_or_model
+            loaded = (load_model(path_or_model, trust_pickle, force_mode, e3nn_convolution=e3nn_convolution)
+                      if from_file else path_or_model)
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
         if force_mode is not None and not from_file:  # load_model has applied it to files

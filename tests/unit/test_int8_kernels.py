@@ -23,6 +23,7 @@ from gaqtool.config import Method, QuantConfig  # noqa: E402
 from gaqtool.data.frames import read_npz  # noqa: E402
 from gaqtool.data.graph import make_batch  # noqa: E402
 from gaqtool.data.spec import sample_path  # noqa: E402
+from gaqtool.errors import InputError  # noqa: E402
 from gaqtool.kernels import int8 as k8  # noqa: E402
 from gaqtool.potential import energy_and_forces  # noqa: E402
 from gaqtool.quant.modules import QuantizedModule  # noqa: E402
@@ -301,6 +302,8 @@ def test_bench_command_runs_on_tiny_inputs(tiny_checkpoint):
 
     bad = CliRunner().invoke(app_module.app, ["bench", str(tiny_checkpoint), "--repeats", "0"])
     assert bad.exit_code != 0
+    not_sevenn = CliRunner().invoke(app_module.app, ["bench", str(tiny_checkpoint), "--config", "sevenn"])
+    assert isinstance(not_sevenn.exception, InputError) and "needs a SevenNet model" in str(not_sevenn.exception)
 
 
 @pytest.mark.slow

@@ -168,3 +168,87 @@ def test_multi_fidelity_model_uses_the_chosen_modal(test_frames):
     e_pbe, e_r2scan = (float(m(batch)[0]) for m in (pbe, r2scan))
     assert abs(e_pbe - e_r2scan) > 1e-3  # the fidelities differ
     assert pbe.config["modal"] == "PBE"
+
+
+@pytest.fixture(scope="module")
+def sevennet_e3nn():
+    return load_model("sevenn:7net-0", e3nn_convolution=True)
+
+
+def test_fused_convolution_is_switched_in_and_equals_sevenns_e3nn_path(sevennet, sevennet_e3nn, test_frames):
+    from sevenn.nn.convolution import IrrepsConvolution
+
+    from gaqtool.backends.sevenn_convolution import FusedSevenNetConvolution
+
+    fused, e3nn = sevennet.model, sevennet_e3nn.model
+    names = [n for n, m in fused.net.named_children() if isinstance(m, FusedSevenNetConvolution)]
+    assert len(names) == 5 and not any(isinstance(m, FusedSevenNetConvolution) for m in e3nn.modules())
+    assert all(isinstance(getattr(e3nn.net, n), IrrepsConvolution) for n in names)
+    assert fused.state_dict().keys() == e3nn.state_dict().keys()
+    assert fused.module_roles() == e3nn.module_roles()
+    for atoms in (_aspirin(test_frames), _crystal()):
+        batch = make_batch(_frames([atoms]), [0], fused.cutoff)
+        a, b = (predict_batch(m, batch, stress=True) for m in (fused, e3nn))
+        assert abs(float(a.energies[0] - b.energies[0])) / len(atoms) < 1e-5
+        assert (a.forces - b.forces).abs().max() < 1e-4
+        assert (a.stress - b.stress).abs().max() < 1e-6
+
+
+def test_quantization_finds_the_same_modules_with_the_fused_convolution(sevennet, sevennet_e3nn):
+    """Same plan, calibration statistics and weights with the fused convolution as with e3nn's
+    (calibration runs sevenn's gathered formulation, so observers see the same values)."""
+    calib = universal_frames("calib").subset([5])
+    config = QuantConfig.from_preset("w4a8", calib_frames=1, weight_rounding="nearest")
+    (fused, plan), (e3nn, plan_e3nn) = (quantize_loaded(s.model, config, calib) for s in (sevennet, sevennet_e3nn))
+    assert plan.entries.keys() == plan_e3nn.entries.keys()
+    assert [e["status"] for e in plan.entries.values()] == [e["status"] for e in plan_e3nn.entries.values()]
+    assert plan.entries["net.1_convolution.convolution"]["status"] == "quantized"  # its inputs (A8)
+    assert plan.entries["net.1_convolution.weight_nn.layer0"]["status"] == "quantized"
+    reference = e3nn.state_dict()
+    assert fused.state_dict().keys() == reference.keys()
+    for name, tensor in fused.state_dict().items():
+        assert torch.allclose(tensor.float(), reference[name].float(), rtol=1e-4, atol=1e-6), name
+
+
+def test_a_quantized_file_runs_the_same_with_either_convolution(sevennet, tmp_path):
+    config = QuantConfig.from_preset("w4", weight_rounding="nearest")
+    quantized, plan = quantize_loaded(sevennet.model, config, universal_frames("calib").subset([0]))
+    path = save_quantized(tmp_path / "q.safetensors", quantized, config, plan, "0" * 64)
+    test = universal_frames("test").subset([1, 9])
+    batch = make_batch(test, range(len(test)), sevennet.model.cutoff)
+    a, b = predict_batch(quantized, batch), predict_batch(load_quantized(path, e3nn_convolution=True), batch)
+    assert ((a.energies - b.energies).abs() / batch.num_atoms_per_molecule).max() < 1e-5
+    assert (a.forces - b.forces).abs().max() < 1e-4
+    assert (a.forces - predict_batch(sevennet.model, batch).forces).abs().max() > 1e-3  # quantized
+
+
+def test_bench_compares_with_sevenns_own_calculator_model(sevennet, test_frames):
+    """One system, one repeat: sevenn's own model is the reference, gaqtool's FP32 runtime is
+    within float32 noise of it, and the fused convolution's FLOPs and time are reported."""
+    from gaqtool.cli.bench import run_benchmark, universal_systems
+
+    systems = universal_systems(test_frames, sevennet.model.cutoff, 2)[:1]
+    data = run_benchmark(sevennet.model, [], systems, ["sevenn", "fp32"], repeats=1, warmup=0,
+                         memory=False, sevenn_source=(sevennet.path, None))
+    rows = {r["config"]: r for r in data["results"]}
+    assert rows["sevenn"]["status"] == rows["fp32"]["status"] == "ok"
+    assert rows["fp32"]["reference"] == "sevenn"
+    assert rows["fp32"]["max_abs_force_error_meV_per_A"] < 0.1
+    assert rows["fp32"]["max_abs_energy_error_meV"] / 21 < 0.01
+    assert data["ratios"]["fp32"]["1 aspirin"]["speedup"] > 0
+    convolution = rows["fp32"]["convolution"]
+    assert convolution["flops"] > 0 and convolution["seconds"] > 0
+    assert "convolution" not in rows["sevenn"]
+
+
+def test_training_gradients_through_forces_equal_e3nns(sevennet, sevennet_e3nn, test_frames):
+    """d(force loss)/d(radial MLP weights) needs the convolution's second derivative (QAT)."""
+    batch = make_batch(_frames([_aspirin(test_frames)]), [0], sevennet.model.cutoff)
+    grads = []
+    for loaded in (sevennet, sevennet_e3nn):
+        model = loaded.model
+        weight = model.net._modules["1_convolution"].weight_nn.layer0.weight
+        forces = predict_batch(model, batch, create_graph=True).forces
+        grads.append(torch.autograd.grad(forces.square().sum(), weight)[0])
+    assert grads[1].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() < 1e-4 * grads[1].abs().max()

@@ -63,18 +63,21 @@ class Backend:
         """Whether a checkpoint dict (already read safely) is one of this backend's."""
         return False
 
-    def from_payload(self, payload: dict, path: Path, modal: str | None = None) -> LoadedSource:
-        """A potential from a checkpoint dict read from ``path``."""
+    def from_payload(self, payload: dict, path: Path, modal: str | None = None,
+                     e3nn_convolution: bool = False) -> LoadedSource:
+        """A potential from a checkpoint dict read from ``path``. ``e3nn_convolution``: keep
+        e3nn's tensor products where the backend would switch in gaqtool's fused kernels."""
         raise NotImplementedError
 
-    def from_name(self, name: str, modal: str | None = None) -> LoadedSource:
+    def from_name(self, name: str, modal: str | None = None, e3nn_convolution: bool = False
+                  ) -> LoadedSource:
         """A potential from a name this backend ships (``<backend>:<name>``)."""
         raise ModelLoadError(f"backend '{self.name}' has no named models",
                              hint="pass a checkpoint file instead")
 
-    def build(self, config: dict) -> torch.nn.Module:
+    def build(self, config: dict, e3nn_convolution: bool = False) -> torch.nn.Module:
         """Rebuild an (untrained) potential from the JSON config a quantized file stores; the
-        caller loads the tensors."""
+        caller loads the tensors. ``e3nn_convolution`` as in :meth:`from_payload`."""
         raise NotImplementedError
 
 

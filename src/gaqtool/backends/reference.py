@@ -30,7 +30,9 @@ class ReferenceBackend(Backend):
     def recognises(self, payload) -> bool:
         return isinstance(payload, dict) and "gaqtool_checkpoint" in payload
 
-    def from_payload(self, payload: dict, path: Path, modal: str | None = None) -> LoadedSource:
+    def from_payload(self, payload: dict, path: Path, modal: str | None = None,
+                     e3nn_convolution: bool = False) -> LoadedSource:
+        """``e3nn_convolution`` does not apply: this model's convolution is its own."""
         from gaqtool.io.checkpoint import check_checkpoint
 
         check_checkpoint(payload, path)
@@ -45,7 +47,7 @@ class ReferenceBackend(Backend):
                             {"training": payload.get("training", {}),
                              "test_metrics": payload.get("test_metrics", {})})
 
-    def build(self, config: dict) -> torch.nn.Module:
+    def build(self, config: dict, e3nn_convolution: bool = False) -> torch.nn.Module:
         return build_model(config)
 
 

@@ -206,7 +206,8 @@ class SevenNetBackend(Backend):
                 and isinstance(payload.get("config"), dict)
                 and "_type_map" in payload["config"] and "cutoff" in payload["config"])
 
-    def from_name(self, name: str, modal: str | None = None) -> LoadedSource:
+    def from_name(self, name: str, modal: str | None = None, e3nn_convolution: bool = False
+                  ) -> LoadedSource:
         const, *_ = _sevenn()
         key = name.lower().replace("sevennet", "7net")
         if key not in PRETRAINED:
@@ -220,10 +221,10 @@ class SevenNetBackend(Backend):
                                  hint="reinstall sevenn, or pass the checkpoint path")
         from gaqtool.io.checkpoint import read_payload
 
-        return self.from_payload(read_payload(path), path, modal, display)
+        return self.from_payload(read_payload(path), path, modal, e3nn_convolution, display)
 
     def from_payload(self, payload: dict, path: Path, modal: str | None = None,
-                     display: str | None = None) -> LoadedSource:
+                     e3nn_convolution: bool = False, display: str | None = None) -> LoadedSource:
         _, keys, compat, config_routine, build = _sevenn()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -232,7 +233,7 @@ class SevenNetBackend(Backend):
         modal = self._check_modal(sevenn_config, modal, display)
         config = {"architecture": ARCHITECTURE, "sevenn_config": sevenn_config,
                   "modal": modal, "energy_offset": 0.0, "name": display}
-        model = self.build(config)
+        model = self.build(config, e3nn_convolution)
         try:
             state = compat.patch_state_dict_if_old(payload["model_state_dict"], payload["config"], model.net)
             model.net.load_state_dict(state, strict=True)
@@ -256,7 +257,9 @@ class SevenNetBackend(Backend):
                              hint="choose one of: " + ", ".join(available))
         return modal
 
-    def build(self, config: dict) -> nn.Module:
+    def build(self, config: dict, e3nn_convolution: bool = False) -> nn.Module:
+        """sevenn's model from the stored config; its convolutions use gaqtool's fused uvu kernel
+        (``sevenn_convolution``) unless ``e3nn_convolution`` (sevenn's own e3nn path)."""
         *_, build = _sevenn()
         sevenn_config = _from_json(config["sevenn_config"])
         sevenn_config["device"] = "cpu"
@@ -266,6 +269,10 @@ class SevenNetBackend(Backend):
         if net is None or not hasattr(net, "_modules"):
             raise ModelLoadError("sevenn's builder returned no model for this config")
         net.set_is_batch_data(True)
+        if not e3nn_convolution:
+            from gaqtool.backends.sevenn_convolution import use_fused_convolutions
+
+            use_fused_convolutions(net)
         return SevenNetPotential(net, config)
 
 

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress, warn
-from gaqtool.cli.options import (DeviceOption, ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 ThreadsOption, TrustPickleOption, use_threads)
+from gaqtool.cli.options import (DeviceOption, E3nnConvolutionOption, ForceModeOverrideOption, JsonOption,
+                                 ModalOption, Rmd17DirOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import GaqtoolError, InputError
@@ -336,6 +336,7 @@ def evaluate(
     fp32: FP32Option = None,
     force_mode: ForceModeOverrideOption = None,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     threads: ThreadsOption = None,
@@ -353,7 +354,7 @@ def evaluate(
     threads = use_threads(threads)
     check_spec(data, "--data")
     _check_plot_path(plot)
-    loaded = load_model(model, trust_pickle, force_mode, modal)
+    loaded = load_model(model, trust_pickle, force_mode, modal, e3nn_convolution)
     place_model(loaded.model, target)
     spec = data or default_spec(loaded.molecule)
     selection = resolve_data(spec, split.value, rmd17_dir, loaded.molecule)

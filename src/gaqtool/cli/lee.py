@@ -11,8 +11,8 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress, warn
 from gaqtool.cli.evaluate import check_elements, display_name, recorded_modal, recorded_parent
-from gaqtool.cli.options import (ForceModeOverrideOption, JsonOption, ModalOption, Rmd17DirOption,
-                                 SeedOption, ThreadsOption, TrustPickleOption, use_threads)
+from gaqtool.cli.options import (E3nnConvolutionOption, ForceModeOverrideOption, JsonOption, ModalOption,
+                                 Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
 from gaqtool.errors import InputError
@@ -27,15 +27,15 @@ ModelsArgument = Annotated[Optional[List[Path]], typer.Argument(
     show_default=False)]
 
 
-def load_models(sources: list[Optional[Path]], trust_pickle: bool, force_mode, modal: str | None
-                ) -> list[LoadedModel]:
+def load_models(sources: list[Optional[Path]], trust_pickle: bool, force_mode, modal: str | None,
+                e3nn_convolution: bool = False) -> list[LoadedModel]:
     """Load every source; ``--modal`` goes to the FP32 sources (a quantized file keeps its own),
     or to all of them when there is none, so that load_model refuses it."""
     from gaqtool.io.loading import load_model
 
     takes_modal = [p is None or Path(p).suffix != ".safetensors" for p in sources]
-    return [load_model(p, trust_pickle, force_mode, modal if takes or not any(takes_modal) else None)
-            for p, takes in zip(sources, takes_modal)]
+    return [load_model(p, trust_pickle, force_mode, modal if takes or not any(takes_modal) else None,
+                       e3nn_convolution) for p, takes in zip(sources, takes_modal)]
 
 
 DEFAULT_FRAMES = 8
@@ -248,6 +248,7 @@ def lee_check(
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, help="Exit with code 1 if any model's mean force LEE exceeds this (meV/A); for CI.")] = None,
     force_mode: ForceModeOverrideOption = None,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -258,7 +259,7 @@ def lee_check(
     check_spec(data, "--data")
     threads = use_threads(threads)
     if models or fp32 is not None or modal is not None:
-        loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal)
+        loaded = load_models(list(models or [None]), trust_pickle, force_mode, modal, e3nn_convolution)
         parents, notes = _find_parents(loaded, fp32, trust_pickle)
     else:
         notes = []

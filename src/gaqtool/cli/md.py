@@ -14,7 +14,8 @@ from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.evaluate import display_name
 from gaqtool.cli.lee import load_models
-from gaqtool.cli.options import JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
+from gaqtool.cli.options import (E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption,
+                                 ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.io.atomic import check_writable
 from gaqtool.config import ForceMode
 from gaqtool.data.spec import check_spec, resolve_data
@@ -158,6 +159,7 @@ def md(
     force_mode: Annotated[ForceMode, typer.Option("--force-mode", help="Forces of activation-quantized models: conservative (-dE_s/dx of the model with activation rounding off, so the dynamics conserve E_s + E_kin) or ste (straight through the rounding, as the file's eval does: not conservative, drifts). FP32 and weight-only models are exact either way.")] = ForceMode.CONSERVATIVE,
     quantized_energy: Annotated[bool, typer.Option("--quantized-energy", help="Also track E_q, the activation-quantized energy that eval measures, and report how far E_q - E drifts (one more forward pass per step).")] = False,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     seed: SeedOption = 0,
@@ -174,7 +176,8 @@ def md(
     from gaqtool.md import MDSettings, initial_state, run_nve, write_trajectory
 
     threads = use_threads(threads)
-    loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal)
+    loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal,
+                                            e3nn_convolution)
     begin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)

@@ -27,6 +27,11 @@ ForceModeOverrideOption = Annotated[Optional[ForceMode], typer.Option(
          "rounding off: exact gradient, energy-conserving dynamics) or ste (autograd straight through the "
          "rounding: not the gradient of any energy). Default: the mode stored in the file.",
     show_default=False)]
+E3nnConvolutionOption = Annotated[bool, typer.Option(
+    "--e3nn-convolution",
+    help="Run SevenNet's convolutions with e3nn's TensorProduct, as sevenn does, instead of "
+         "gaqtool's fused uvu kernel (same results within float32 rounding, several times slower). "
+         "Applies to the models given as arguments.")]
 ModalOption = Annotated[Optional[str], typer.Option(
     "--modal", help="Fidelity of a multi-fidelity model (SevenNet-MF-0: PBE or R2SCAN); required "
                     "there, refused elsewhere. A quantized file keeps the one it was made with.")]

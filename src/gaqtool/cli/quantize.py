@@ -12,7 +12,8 @@ import typer
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress, progress_enabled, training_callback, warn
-from gaqtool.cli.options import DeviceOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads
+from gaqtool.cli.options import (DeviceOption, E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption,
+                                 SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
                             WeightRounding)
 from gaqtool.data.spec import UNIVERSAL, check_spec, composition_mismatch, default_spec, resolve_data
@@ -180,6 +181,7 @@ def quantize(
     rmd17_dir: Rmd17DirOption = None,
     trust_pickle: TrustPickleOption = False,
     modal: ModalOption = None,
+    e3nn_convolution: E3nnConvolutionOption = False,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
     device: DeviceOption = "cpu",
@@ -222,7 +224,7 @@ def quantize(
 
     threads = use_threads(threads)
     started = time.perf_counter()
-    loaded = load_model(model, trust_pickle, modal=modal)
+    loaded = load_model(model, trust_pickle, modal=modal, e3nn_convolution=e3nn_convolution)
     place_model(loaded.model, target)
     if loaded.kind != "fp32":
         raise InputError(f"{loaded.path} is already quantized", hint="quantize the FP32 checkpoint (.pt)")

@@ -42,7 +42,8 @@ class LoadedModel:
 
 
 def load_model(path: Path | str | None = None, trust_pickle: bool = False,
-               force_mode: ForceMode | str | None = None, modal: str | None = None) -> LoadedModel:
+               force_mode: ForceMode | str | None = None, modal: str | None = None,
+               e3nn_convolution: bool = False) -> LoadedModel:
     """Load a model source: None (the embedded aspirin model), a named model of a backend
     (``sevenn:7net-0``), a quantized ``.safetensors`` file, or any checkpoint a backend
     recognises (gaqtool ``.pt``, SevenNet ``.pth``).
@@ -50,7 +51,8 @@ def load_model(path: Path | str | None = None, trust_pickle: bool = False,
     ``force_mode`` overrides the force mode stored in a quantized file (None: the file's own);
     it matters only for activation-quantized models, whose label then names it. ``modal``
     picks the fidelity of a multi-fidelity model (e.g. SevenNet-MF-0); a quantized file
-    remembers the one it was made with.
+    remembers the one it was made with. ``e3nn_convolution`` keeps e3nn's tensor products
+    where a backend would switch in gaqtool's fused convolution kernel (SevenNet).
     """
     from gaqtool.backends import backend_for_name, backend_for_payload
     from gaqtool.io.checkpoint import read_payload
@@ -59,7 +61,7 @@ def load_model(path: Path | str | None = None, trust_pickle: bool = False,
     named = backend_for_name(str(path)) if path is not None and not Path(path).exists() else None
     if named is not None:
         backend, name = named
-        source = backend.from_name(name, modal)
+        source = backend.from_name(name, modal, e3nn_convolution)
         return LoadedModel(source.model, source.path, "fp32", "fp32", source.molecule,
                            {**source.info, "source": str(path)})
     path = Path(path) if path is not None else default_model_path()
@@ -74,7 +76,7 @@ def load_model(path: Path | str | None = None, trust_pickle: bool = False,
         if modal is not None:
             raise ModelLoadError("--modal applies to FP32 sources; a quantized file keeps the "
                                  "fidelity it was made with", hint="leave out --modal")
-        model = load_quantized(path)
+        model = load_quantized(path, e3nn_convolution)
         meta = model.file_metadata
         config = meta.quant_config
         label = f"{config.method.value} {config.bits_label}"
@@ -92,13 +94,13 @@ def load_model(path: Path | str | None = None, trust_pickle: bool = False,
         raise ModelLoadError(f"{path} is a PyTorch file but no gaqtool backend knows its layout",
                              hint="gaqtool reads gaqtool checkpoints and SevenNet checkpoints "
                                   "(install gaqtool[sevenn])")
-    source = backend.from_payload(payload, path, modal)
+    source = backend.from_payload(payload, path, modal, e3nn_convolution)
     return LoadedModel(source.model, path, "fp32", "fp32", source.molecule,
                        {**source.info, "source": path.name})
 
 
-def load(path: Path | str | None = None, trust_pickle: bool = False, modal: str | None = None
-         ) -> torch.nn.Module:
+def load(path: Path | str | None = None, trust_pickle: bool = False, modal: str | None = None,
+         e3nn_convolution: bool = False) -> torch.nn.Module:
     """``gaqtool.load(source)``: a runnable model (embedded default, named model, FP32
-    checkpoint or quantized file), eval mode."""
-    return load_model(path, trust_pickle, modal=modal).model
+    checkpoint or quantized file), eval mode; ``e3nn_convolution`` as in :func:`load_model`."""
+    return load_model(path, trust_pickle, modal=modal, e3nn_convolution=e3nn_convolution).model

@@ -248,14 +248,15 @@ def read_header(path: Path | str) -> QuantizedFile:
     return QuantizedFile(path)
 
 
-def load_quantized(path: Path | str) -> torch.nn.Module:
-    """Rebuild a runnable quantized model from ``path`` (no pickle involved). Eval mode."""
+def load_quantized(path: Path | str, e3nn_convolution: bool = False) -> torch.nn.Module:
+    """Rebuild a runnable quantized model from ``path`` (no pickle involved). Eval mode.
+    ``e3nn_convolution``: keep e3nn's tensor products instead of the backend's fused kernels."""
     qfile = QuantizedFile(path)
     config = qfile.quant_config
     from gaqtool.backends import backend_for_config
 
     try:
-        model = backend_for_config(qfile.model_config).build(qfile.model_config)
+        model = backend_for_config(qfile.model_config).build(qfile.model_config, e3nn_convolution)
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"{qfile.path}: cannot rebuild the model from its config: {exc}") from None
     model, _ = quantize_model(model, config)
