@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=100, help="steps per timing block")
     parser.add_argument("--timing-threads", type=int, default=2, help="threads for the timing")
     parser.add_argument("--timing-only", action="store_true", help="skip the NVE runs")
+    parser.add_argument("--quantized", type=Path, default=None,
+                        help="an existing W4A8 file of the embedded model (default: make one)")
     parser.add_argument("--checkpoint-steps", type=int, default=1000, help="steps between partial summaries")
     parser.add_argument("--partial-dir", type=Path, default=Path(tempfile.gettempdir()) / "calculator_nve",
                         help="where partial summaries go")
@@ -173,7 +175,7 @@ def main() -> None:
     args.partial_dir.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = quantized_file(Path(tmp), args.timing_threads)
+        path = args.quantized or quantized_file(Path(tmp), args.timing_threads)
         runs = previous.get("runs", [])
         if not args.timing_only:
             jobs = [(m, f) for f in args.starts for m in (None, str(path))]
