@@ -20,26 +20,8 @@ import statistics
 import time
 
 import torch
-from e3nn import o3
 
-from gaqtool.kernels.uvu_convolution import UvuConvolution, edge_index
-
-
-def sevenn_like_product(irreps_x: str, irreps_sh: str, lmax: int) -> o3.TensorProduct:
-    """One output block per uvu path l_out <= lmax, sorted, per-edge weights (as SevenNet)."""
-    irreps_x, irreps_sh = o3.Irreps(irreps_x), o3.Irreps(irreps_sh)
-    instructions, mid = [], []
-    for i, (mul, ir) in enumerate(irreps_x):
-        for j, (_, ir_sh) in enumerate(irreps_sh):
-            for ir_out in ir * ir_sh:
-                if ir_out.l <= lmax:
-                    mid.append((mul, ir_out))
-                    instructions.append((i, j, len(mid) - 1))
-    irreps_mid, permutation, _ = o3.Irreps(mid).sort()
-    instructions = sorted(((i, j, permutation[k], "uvu", True) for i, j, k in instructions),
-                          key=lambda ins: ins[2])
-    return o3.TensorProduct(irreps_x, irreps_sh, irreps_mid, instructions,
-                            shared_weights=False, internal_weights=False)
+from gaqtool.kernels.uvu_convolution import UvuConvolution, edge_index, uvu_tensor_product
 
 
 def main() -> None:
@@ -51,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tp = sevenn_like_product("128x0e+64x1e+32x2e", "1x0e+1x1e+1x2e", 2)
+    tp = uvu_tensor_product("128x0e+64x1e+32x2e", "1x0e+1x1e+1x2e", 2)
     n, e = args.nodes, args.edges
     x = torch.randn(n, tp.irreps_in1.dim, requires_grad=True)
     sh = torch.randn(e, tp.irreps_in2.dim, requires_grad=True)

@@ -11,31 +11,13 @@ import torch
 from e3nn import o3
 
 from gaqtool.kernels import native
-from gaqtool.kernels.uvu_convolution import UvuConvolution, edge_index
+from gaqtool.kernels.uvu_convolution import UvuConvolution, edge_index, uvu_tensor_product
 
 # (node irreps, edge irreps): all l <= 3 with both parities, against parity-aware harmonics
 # (SH parity (-1)^l) and against SevenNet's parity-free harmonics (all 'e')
 CASES = [("3x0e+2x0o+2x1o+3x1e+2x2e+2x2o+2x3o+2x3e", "1x0e+1x1o+1x2e+1x3o"),
          ("4x0e+2x1o+2x1e+3x2o+2x3e", "1x0e+1x1e+1x2e+1x3e")]
 LMAX = 3
-
-
-def uvu_product(irreps_x: str, irreps_sh: str, lmax: int = LMAX) -> o3.TensorProduct:
-    """A SevenNet/NequIP-style convolution product: every path x (x) Y -> l_out <= lmax, one
-    output block per path (sorted), per-edge weights, e3nn's default normalizations."""
-    irreps_x, irreps_sh = o3.Irreps(irreps_x), o3.Irreps(irreps_sh)
-    instructions, mid = [], []
-    for i, (mul, ir) in enumerate(irreps_x):
-        for j, (_, ir_sh) in enumerate(irreps_sh):
-            for ir_out in ir * ir_sh:
-                if ir_out.l <= lmax:
-                    mid.append((mul, ir_out))
-                    instructions.append((i, j, len(mid) - 1))
-    irreps_mid, permutation, _ = o3.Irreps(mid).sort()
-    instructions = sorted(((i, j, permutation[k], "uvu", True) for i, j, k in instructions),
-                          key=lambda ins: ins[2])
-    return o3.TensorProduct(irreps_x, irreps_sh, irreps_mid, instructions,
-                            shared_weights=False, internal_weights=False)
 
 
 def _graph(num_nodes: int, num_edges: int, seed: int):
@@ -72,7 +54,7 @@ def use_native(request):
 
 @pytest.mark.parametrize("irreps_x, irreps_sh", CASES)
 def test_values_and_first_derivatives_equal_e3nn(irreps_x, irreps_sh, use_native):
-    tp = uvu_product(irreps_x, irreps_sh)
+    tp = uvu_tensor_product(irreps_x, irreps_sh, LMAX)
     assert {ins.i_out for ins in tp.instructions} == set(range(len(tp.irreps_out)))
     assert max(ir.l for _, ir in tp.irreps_out) == 3 and {ir.p for _, ir in tp.irreps_out} == {1, -1}
     x, vectors, w, src, dst = _inputs(tp)
@@ -90,7 +72,7 @@ def test_values_and_first_derivatives_equal_e3nn(irreps_x, irreps_sh, use_native
 @pytest.mark.parametrize("irreps_x, irreps_sh", CASES[:1])
 def test_second_derivative_equals_e3nn(irreps_x, irreps_sh, use_native):
     """Double backward, as training on forces needs: d/d(leaves) of |dL/d(x, vectors, w)|^2."""
-    tp = uvu_product(irreps_x, irreps_sh)
+    tp = uvu_tensor_product(irreps_x, irreps_sh, LMAX)
     x, vectors, w, src, dst = _inputs(tp, seed=1)
     results = []
     for out in _both(tp, x, vectors, w, src, dst, use_native):
@@ -103,7 +85,7 @@ def test_second_derivative_equals_e3nn(irreps_x, irreps_sh, use_native):
 
 
 def test_isolated_nodes_and_no_edges(use_native):
-    tp = uvu_product("2x0e+2x1o", "1x0e+1x1o")
+    tp = uvu_tensor_product("2x0e+2x1o", "1x0e+1x1o", LMAX)
     conv = UvuConvolution.from_tensor_product(tp, use_native=use_native)
     x = torch.randn(4, tp.irreps_in1.dim)
     sh, w = torch.randn(0, tp.irreps_in2.dim), torch.randn(0, tp.weight_numel)
@@ -131,7 +113,7 @@ def test_falls_back_to_pytorch_with_a_warning_without_a_compiler(monkeypatch):
     try:
         with pytest.warns(RuntimeWarning, match="no C compiler"):
             assert native.native_library() is None
-        tp = uvu_product("2x0e+2x1o", "1x0e+1x1o")
+        tp = uvu_tensor_product("2x0e+2x1o", "1x0e+1x1o", LMAX)
         x, vectors, w, src, dst = _inputs(tp)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # warned once, not on every call

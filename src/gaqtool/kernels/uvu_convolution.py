@@ -31,7 +31,7 @@ from torch import nn
 
 from gaqtool.kernels.native import native_library
 
-__all__ = ["UvuConvolution", "EdgeIndex", "edge_index", "eager_uvu_convolution"]
+__all__ = ["UvuConvolution", "EdgeIndex", "edge_index", "eager_uvu_convolution", "uvu_tensor_product"]
 
 
 class EdgeIndex:
@@ -143,6 +143,25 @@ class UvuConvolution(nn.Module):
 
     def _native_wanted(self, xt: torch.Tensor) -> bool:
         return self.use_native != "never" and xt.dtype == torch.float32 and xt.device.type == "cpu"
+
+
+def uvu_tensor_product(irreps_x: str | o3.Irreps, irreps_sh: str | o3.Irreps, lmax: int) -> o3.TensorProduct:
+    """The e3nn convolution product SevenNet and NequIP build: every path x (x) Y -> l_out <=
+    ``lmax`` in mode uvu, one output block per path (sorted), per-edge weights, e3nn's default
+    normalizations. The reference the fused kernel is measured and tested against."""
+    irreps_x, irreps_sh = o3.Irreps(irreps_x), o3.Irreps(irreps_sh)
+    instructions, mid = [], []
+    for i, (mul, ir) in enumerate(irreps_x):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir * ir_sh:
+                if ir_out.l <= lmax:
+                    mid.append((mul, ir_out))
+                    instructions.append((i, j, len(mid) - 1))
+    irreps_mid, permutation, _ = o3.Irreps(mid).sort()
+    instructions = sorted(((i, j, permutation[k], "uvu", True) for i, j, k in instructions),
+                          key=lambda ins: ins[2])
+    return o3.TensorProduct(irreps_x, irreps_sh, irreps_mid, instructions,
+                            shared_weights=False, internal_weights=False)
 
 
 def _ir_mul_permutation(irreps: o3.Irreps) -> torch.Tensor:
