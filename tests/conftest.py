@@ -23,6 +23,7 @@ TINY_CONFIG = dict(DEFAULT_CONFIG, num_channels=8, num_layers=2, lmax=2, num_hea
 def _isolated_env(monkeypatch):
     """No user rMD17 directory leaks into tests; no CI-dependent behaviour."""
     monkeypatch.delenv("GAQTOOL_RMD17_DIR", raising=False)
+    monkeypatch.delenv("CI", raising=False)  # CI=true turns progress bars off; tests render them
 
 
 @pytest.fixture(scope="session")

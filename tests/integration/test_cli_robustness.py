@@ -6,6 +6,7 @@ same bytes."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -268,3 +269,15 @@ def test_tables_and_progress_bars_fit_80_columns(cli, tiny_checkpoint, tmp_path,
     assert any("196/2000" in line for line in final)
     assert max(len(line.replace("\x1b[2K", "").replace("\x1b[?25h", "").replace("\x1b[1A", ""))
                for line in final) <= 80
+
+
+def test_progress_bars_are_off_under_ci_and_json(monkeypatch):
+    from rich.console import Console
+
+    import gaqtool.cli.console as console_module
+
+    monkeypatch.setattr(console_module, "log", Console(file=io.StringIO(), force_terminal=True))
+    assert console_module.progress_enabled()
+    assert not console_module.progress_enabled(json_mode=True)
+    monkeypatch.setenv("CI", "true")
+    assert not console_module.progress_enabled()
