@@ -228,3 +228,49 @@ def test_small_fan_in_layers_get_their_own_weight_bits(tiny_model, method, small
     assert first.weight_bits == plan.entries["layers.0.radial.hidden.0"]["weight_bits"] == radial_in_bits
     assert int(first.weight_int.abs().max()) <= 2 ** (radial_in_bits - 1) - 1
     assert plan.entries["layers.0.pre_linear"]["weight_bits"] == 4  # 32 input channels
+
+
+def test_float_graph_is_the_unrounded_model_without_wrappers_sharing_its_tensors(train_frames, test_frames):
+    from gaqtool.data.graph import make_batch
+    from gaqtool.kernels import disable_integer_kernels, enable_integer_kernels
+    from gaqtool.potential import autograd_prediction
+    from gaqtool.quant.apply import activation_rounding_off, dynamics_prediction
+    from gaqtool.quant.float_graph import float_graph
+
+    fp32 = make_tiny_model(energy_shift={})
+    assert float_graph(fp32) is fp32                       # nothing to unwrap
+    model, _ = quantize_loaded(fp32, QuantConfig.from_preset("w4a8", calib_frames=4,
+                                                             force_mode="conservative"), train_frames)
+    keys = list(model.state_dict())
+    graph = float_graph(model)
+    assert graph is not model and float_graph(model) is graph   # built once
+    assert not any(isinstance(m, QuantizedModule) for m in graph.modules())
+    assert sum(isinstance(m, QuantizedModule) for m in model.modules()) > 10   # model untouched
+    assert list(model.state_dict()) == keys
+    assert graph.layers[0].pre_linear is model.layers[0].pre_linear.inner     # shared, not copied
+    batch = make_batch(test_frames, [0, 1], fp32.cutoff)
+    with activation_rounding_off(model):
+        wrapped = autograd_prediction(model, batch)
+    fast, _ = dynamics_prediction(model, batch)
+    assert torch.equal(fast.energies, wrapped.energies) and torch.equal(fast.forces, wrapped.forces)
+    assert not torch.equal(model(batch), wrapped.energies)   # the model itself still rounds
+    enable_integer_kernels(model, compile=False)
+    switched = [m for m in model.modules() if isinstance(m, QuantizedModule) and m.integer_forward]
+    assert switched and all(any(m is s for m in float_graph(model).modules()) for s in switched)
+    disable_integer_kernels(model)
+    assert not any(isinstance(m, QuantizedModule) for m in float_graph(model).modules())
+
+
+def test_float_graph_is_freed_with_its_model(train_frames):
+    import gc
+    import weakref
+
+    from gaqtool.quant.float_graph import float_graph
+
+    model, _ = quantize_loaded(make_tiny_model(), QuantConfig.from_preset("w4a8", calib_frames=2,
+                                                                          force_mode="conservative"), train_frames)
+    float_graph(model)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
+from gaqtool.quant.float_graph import forget_float_graph
 
 __all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operands",
            "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
@@ -316,6 +317,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     report = IntegerKernelReport(backend, settings={"min_in_features": min_in_features,
                                                     "min_out_features": min_out_features,
                                                     "min_macs": min_macs})
+    forget_float_graph(model)
     for path, module in wrappers:
         module.integer_forward = None
         if module.kind != "nn.Linear":
@@ -336,6 +338,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
 def disable_integer_kernels(model: torch.nn.Module) -> int:
     """Return every wrapper to fake quantization; the number of wrappers that were switched."""
     count = 0
+    forget_float_graph(model)
     for module in model.modules():
         if isinstance(module, QuantizedModule) and module.integer_forward is not None:
             module.integer_forward = None

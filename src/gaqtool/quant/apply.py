@@ -29,6 +29,7 @@ from gaqtool.config import FP32_BITS, ForceMode, QuantConfig
 from gaqtool.errors import InputError
 from gaqtool.potential import Prediction, autograd_prediction, predict_batch
 from gaqtool.quant.activation import ActivationQuantizer
+from gaqtool.quant.float_graph import float_graph
 from gaqtool.quant.modules import QuantizedModule
 
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS", "fan_in",
@@ -297,14 +298,16 @@ def dynamics_prediction(model: nn.Module, batch, stress: bool = False, quantized
     Otherwise (FP32, weight-only, force mode 'ste') the model as stored, and E_q is its energy.
     """
     if uses_conservative_forces(model):
-        with activation_rounding_off(model):
-            prediction = autograd_prediction(model, batch, stress)
+        prediction = autograd_prediction(float_graph(model), batch, stress)
         energies_q = None
         if quantized_energy:
             with torch.no_grad():
                 energies_q = model(batch)
         return prediction, energies_q
-    prediction = predict_batch(model, batch, stress)
+    if not activation_quantizers(model):   # FP32 or weight-only: the float graph is the model
+        prediction = autograd_prediction(float_graph(model), batch, stress)
+    else:
+        prediction = predict_batch(model, batch, stress)
     return prediction, prediction.energies.detach() if quantized_energy else None
 
 
