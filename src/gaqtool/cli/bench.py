@@ -138,9 +138,9 @@ def model_tensor_bytes(model) -> int:
 
 def peak_allocated_bytes(run: Callable[[], object]) -> int:
     """Peak of (allocated - freed) bytes during ``run()``, from torch.profiler memory events."""
-    from torch.profiler import ProfilerActivity, profile
+    from gaqtool.profiling import profile_cpu
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile_cpu(profile_memory=True) as prof:
         run()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())

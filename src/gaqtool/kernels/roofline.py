@@ -32,9 +32,9 @@ def convolution_flops(model: torch.nn.Module, num_edges: int, backward: bool = T
 
 def convolution_seconds(run: Callable[[], object]) -> float:
     """Seconds inside the fused kernels' Function during one ``run()`` (0.0 if they did not run)."""
-    from torch.profiler import ProfilerActivity, profile
+    from gaqtool.profiling import profile_cpu
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile_cpu() as prof:
         run()
     return sum(e.cpu_time_total for e in prof.key_averages() if e.key in KERNEL_EVENTS) * 1e-6
 
