@@ -19,8 +19,8 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from gaqtool.config import ForceMode
 from gaqtool.data.graph import Batch, structures_batch
-from gaqtool.errors import InputError
 from gaqtool.io.loading import LoadedModel, load_model
+from gaqtool.potential import check_species
 from gaqtool.quant.apply import dynamics_prediction, set_force_mode
 from gaqtool.threads import configure_threads
 
@@ -94,15 +94,8 @@ class GAQCalculator(Calculator):
         self.species = [int(z) for z in self.model.species]
 
     def check_atoms(self, atoms) -> None:
-        """Raise InputError for elements outside the model's species."""
-        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.species))
-        if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            allowed = ", ".join(chemical_symbols[z] for z in self.species)
-            raise InputError(f"{self.model_name} cannot handle element(s) {names}",
-                             hint=f"the model was trained on {allowed} only")
+        """Raise ``UnknownElementError`` (a ValueError) for elements outside the model's species."""
+        check_species(atoms.numbers, self.species, self.model_name)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

@@ -235,3 +235,18 @@ def test_json_error_document(files, monkeypatch, capsys):
     code, stdout, _ = run_main(monkeypatch, capsys, "eval", str(files["dir"] / "missing.pt"), "--json")
     assert code == 1
     assert json.loads(stdout)["error"]["code"] == "ModelLoadError"
+
+
+@pytest.mark.parametrize("command", ["eval", "lee-check"])
+def test_a_quantized_file_given_as_fp32_parent_is_one_clear_error(files, monkeypatch, capsys, tmp_path, command):
+    from ase import Atoms
+    from ase.io import write
+
+    frames = resolve_data("rmd17", "test", None, "aspirin").frames
+    unlabelled = tmp_path / "positions_only.extxyz"   # eval needs the parent only without labels
+    write(unlabelled, Atoms(numbers=frames.numbers[0], positions=frames.positions[0]))
+    data = ["--data", str(unlabelled)] if command == "eval" else []
+    code, _, output = run_main(monkeypatch, capsys, command, str(files["naive"]), "--fp32",
+                               str(files["naive"]), "--frames", "1", *data)
+    assert code == 1 and "Traceback" not in output
+    assert "is a quantized file, not an FP32 parent" in output and "hint:" in output

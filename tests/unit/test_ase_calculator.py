@@ -13,7 +13,7 @@ from ase import Atoms
 from gaqtool.config import QuantConfig
 from gaqtool.data.graph import make_batch
 from gaqtool.data.spec import resolve_data
-from gaqtool.errors import InputError
+from gaqtool.errors import UnknownElementError
 from gaqtool.io.checkpoint import save_checkpoint
 from gaqtool.io.loading import file_sha256
 from gaqtool.io.safetensors_io import save_quantized
@@ -108,8 +108,9 @@ def test_unknown_element_is_a_clear_error(files):
 
     atoms = Atoms("CCl", positions=[[0, 0, 0], [1.8, 0, 0]])
     atoms.calc = GAQCalculator(files["fp32"])
-    with pytest.raises(InputError, match=r"Cl \(Z=17\)") as info:
+    with pytest.raises(UnknownElementError, match=r"Cl \(Z=17\)") as info:
         atoms.get_potential_energy()
+    assert isinstance(info.value, ValueError)   # what ASE users catch for a bad structure
     assert "H, C, O" in info.value.hint
 
 

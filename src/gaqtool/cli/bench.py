@@ -308,7 +308,7 @@ def _ratios(results: list[dict]) -> dict:
 def _recorded_parent(quantized):
     """The FP32 parent a quantized file records (named model, checkpoint with the recorded
     SHA-256, or the embedded model), or an InputError that says where to find one."""
-    from gaqtool.cli.evaluate import recorded_parent
+    from gaqtool.cli.parents import recorded_parent
     from gaqtool.io.checkpoint import default_model_path
 
     parent, how = recorded_parent(quantized)

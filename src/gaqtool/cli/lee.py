@@ -10,12 +10,12 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress, warn
-from gaqtool.cli.evaluate import check_elements, display_name, recorded_modal, recorded_parent
+from gaqtool.cli.evaluate import check_elements
+from gaqtool.cli.parents import display_name, explicit_parent, recorded_parent
 from gaqtool.cli.options import (E3nnConvolutionOption, ForceModeOverrideOption, JsonOption, ModalOption,
                                  Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
 from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
-from gaqtool.errors import InputError
 
 if TYPE_CHECKING:  # torch-heavy; imported where used, so that --help stays fast
     from gaqtool.io.loading import LoadedModel
@@ -85,16 +85,8 @@ def _find_parents(models: list[LoadedModel], fp32: Optional[Path], trust_pickle:
     notes: list[str] = []
     quantized = [m for m in models if m.kind == "quantized"]
     if fp32 is not None:
-        modal = next((recorded_modal(m) for m in quantized if recorded_modal(m)), None)
-        parent = load_model(fp32, trust_pickle, modal=modal)
-        if parent.kind != "fp32":
-            raise InputError(f"--fp32 {fp32} is a quantized file",
-                             hint="pass the FP32 checkpoint (.pt, .pth) or named model")
-        sha = file_sha256(parent.path)
-        for m in quantized:
-            if m.info.get("source_sha256") not in (None, sha):
-                notes.append(f"{m.path} was quantized from another checkpoint than {fp32} "
-                             "(SHA-256 differs); its floor is --fp32 anyway")
+        parent, mismatched = explicit_parent(fp32, quantized, trust_pickle)
+        notes += [f"{note}; its floor is --fp32 anyway" for note in mismatched]
         return {str(m.path): parent for m in quantized}, notes
     candidates = {file_sha256(m.path): m for m in models if m.kind == "fp32"}
     embedded = default_model_path()

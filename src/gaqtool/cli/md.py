@@ -12,7 +12,7 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress
-from gaqtool.cli.evaluate import display_name
+from gaqtool.cli.parents import display_name
 from gaqtool.cli.lee import load_models
 from gaqtool.cli.options import (E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption,
                                  ThreadsOption, TrustPickleOption, use_threads)
