@@ -127,8 +127,8 @@ def model_tensor_bytes(model) -> int:
 
     seen, total = set(), 0
     tensors = list(model.parameters()) + list(model.buffers())
-    tensors += [getattr(m.integer_forward, "weight_t", None) for m in model.modules()
-                if getattr(m, "integer_forward", None) is not None]
+    tensors += [getattr(m.integer_forward, name, None) for m in model.modules()
+                if getattr(m, "integer_forward", None) is not None for name in ("weight_t", "weight_deq")]
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
             seen.add(t.untyped_storage().data_ptr())

@@ -1,4 +1,5 @@
-"""Integer GEMMs (int8 x int8 -> int32, ``torch._int_mm``) for quantized ``nn.Linear`` layers.
+"""Integer GEMMs (int8 x int8 -> int32, ``torch._int_mm``) for quantized dense layers: ``nn.Linear``
+and the layers of e3nn's ``FullyConnectedNet`` (the radial networks of SevenNet and NequIP-style models).
 
 Numerics of one switched layer, for an input ``x (M, K)`` float32 and the layer's stored weights
 ``W_int (N, K)`` int8 (values of 2, 4 or 8 bits, already unpacked) with per-output-channel scales
@@ -158,12 +159,67 @@ class Int8LinearFunction(torch.autograd.Function):
         return grad_x, None, grad_bias, None, None, None
 
 
+DENSE_KINDS = ("nn.Linear", "e3nn.FullyConnectedNet.layer")
+
+
+@dataclass
+class DenseLayer:
+    """One quantized dense layer as ``y = post(x @ W^T + bias)``, seen through its wrapper.
+
+    in_features, out_features: K, N
+    weight_int:  (K, N) int8 view of the wrapper's stored integers
+    weight_scale: (N,) float32 per output channel, any constant factor of the layer folded in
+    weight:      (N, K) float32, the dequantized effective weight (the backward's)
+    bias:        (N,) or None
+    post:        applied after the product (an e3nn layer's normalised activation), or None
+    """
+
+    in_features: int
+    out_features: int
+    weight_int: torch.Tensor
+    weight_scale: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    post: Callable | None
+
+
+def dense_layer(module: QuantizedModule) -> DenseLayer:
+    """The :class:`DenseLayer` of an ``nn.Linear`` or e3nn ``FullyConnectedNet`` layer wrapper.
+
+    e3nn's layer stores ``weight (h_in, h_out)`` and computes ``x @ (weight * c)`` with
+    ``c = (h_in var_in)^-1/2`` then ``act(.) * var_out^1/2`` (``c = (h_in var_in / var_out)^-1/2``
+    without an activation), so ``c`` is folded into the per-column scales.
+    """
+    inner = module.inner
+    scale = module.weight_scale.detach().reshape(-1).float()   # (N,), or (1,) if per-tensor
+    if module.kind == "nn.Linear":
+        n, k = inner.weight.shape
+        weight_int, weight, bias, post = module.weight_int.t(), inner.weight, inner.bias, None
+    else:
+        k, n = inner.weight.shape
+        if inner.act is not None:
+            factor = (inner.h_in * inner.var_in) ** -0.5
+            act, gain = inner.act, inner.var_out ** 0.5
+
+            def post(y: torch.Tensor) -> torch.Tensor:
+                return act(y) * gain
+        else:
+            factor, post = (inner.h_in * inner.var_in / inner.var_out) ** -0.5, None
+        weight_int, weight, bias = module.weight_int, (inner.weight * factor).t(), None
+        scale = scale * factor
+    scale = scale if scale.numel() == n else scale.expand(n).contiguous()
+    return DenseLayer(k, n, weight_int, scale, weight, bias, post)
+
+
 class IntegerLinear:
-    """The callable installed as ``QuantizedModule.integer_forward`` on an ``nn.Linear`` wrapper.
+    """The callable installed as ``QuantizedModule.integer_forward`` on a dense-layer wrapper
+    (``nn.Linear`` or an e3nn ``FullyConnectedNet`` layer, see :func:`dense_layer`).
 
     Holds only derived data (not an nn.Module, so nothing enters the state dict or the file):
-      weight_t:     (K, N) int8, the wrapper's ``weight_int`` transposed (view or contiguous copy)
+      weight_t:     (K, N) int8, the wrapper's integers (view or contiguous copy)
       weight_scale: (N,) float32 per output channel (a per-tensor scale is expanded)
+      weight_deq:   (N, K) float32 effective weight for the backward (a view of the layer's own
+                    for nn.Linear; for e3nn layers a scaled copy)
       min_macs:     calls with fewer multiply-accumulates (rows x K x N) run the fake-quant float
                     path: the compiled kernel's fixed cost (~25 us) exceeds the GEMM saving there
     ``__call__(module, x (..., K))`` -> (..., N) float32.
@@ -171,25 +227,26 @@ class IntegerLinear:
 
     def __init__(self, module: torch.nn.Module, kernel: Callable, min_macs: int,
                  needs_padding: bool = False, contiguous_weight: bool = False):
-        weight_int = module.weight_int                        # (N, K) int8, unpacked once at load
-        n = weight_int.shape[0]
-        self.weight_t = weight_int.t().contiguous() if contiguous_weight else weight_int.t()
-        scale = module.weight_scale.detach().reshape(-1)      # (N,) view, or (1,) if per-tensor
-        self.weight_scale = scale if scale.numel() == n else scale.expand(n).contiguous()
+        layer = dense_layer(module)
+        self.weight_t = layer.weight_int.contiguous() if contiguous_weight else layer.weight_int
+        self.weight_scale = layer.weight_scale
+        self.weight_deq, self.bias, self.post = layer.weight, layer.bias, layer.post
+        self.macs_per_row = layer.in_features * layer.out_features
         self.kernel = functools.partial(kernel, needs_padding=True) if needs_padding else kernel
         self.min_macs = int(min_macs)
         self.calls = {"integer": 0, "float": 0}
 
     def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        inner = module.inner
         rows = x.numel() // max(1, x.shape[-1])
-        if rows * inner.weight.numel() < self.min_macs or x.dtype != torch.float32:
+        if rows * self.macs_per_row < self.min_macs or x.dtype != torch.float32:
             self.calls["float"] += 1
-            return inner(module.input_quantizers[0](x))   # exactly the fake-quant path
+            return module.inner(module.input_quantizers[0](x))   # exactly the fake-quant path
         self.calls["integer"] += 1
         flat = x.reshape(rows, x.shape[-1])
-        y = Int8LinearFunction.apply(flat, inner.weight, inner.bias, self.kernel, self.weight_t,
+        y = Int8LinearFunction.apply(flat, self.weight_deq, self.bias, self.kernel, self.weight_t,
                                      self.weight_scale)
+        if self.post is not None:
+            y = self.post(y)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -268,15 +325,15 @@ def make_kernel(compile: bool) -> Callable:
 
 
 def _linear_reason(module, min_in: int, min_out: int) -> str:
-    """'' if an nn.Linear wrapper can run the integer kernel, else why not."""
-    inner = module.inner
+    """'' if a dense-layer wrapper can run the integer kernel, else why not."""
     if module.weight_names != ["weight"]:
         return "weight not quantized (kept FP32)"
     if module.group_size is not None:
         return (f"grouped weight scales (group size {module.group_size}) vary along K and cannot "
                 "be applied after an int32 GEMM")
-    if inner.in_features < min_in or inner.out_features < min_out:
-        return (f"K={inner.in_features}, N={inner.out_features}: below K>={min_in}, N>={min_out}, "
+    layer = dense_layer(module)
+    if layer.in_features < min_in or layer.out_features < min_out:
+        return (f"K={layer.in_features}, N={layer.out_features}: below K>={min_in}, N>={min_out}, "
                 "where per-row activation quantization costs more than the int8 GEMM saves")
     return ""
 
@@ -295,7 +352,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
                            contiguous_weight: bool = False) -> IntegerKernelReport:
     """Switch eligible ``QuantizedModule`` wrappers of ``model`` to int8 GEMMs, in place.
 
-    Eligible: ``nn.Linear`` wrappers with per-output-channel (or per-tensor) weight scales and
+    Eligible: dense-layer wrappers (``DENSE_KINDS``) with per-output-channel (or per-tensor) weight scales and
     K >= ``min_in_features``, N >= ``min_out_features``; at run time calls of fewer than
     ``min_macs`` multiply-accumulates (rows x K x N) take the fake-quant path.
     compile: fuse the quant/dequant passes with ``torch.compile`` (falls back to eager with a
@@ -320,7 +377,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     forget_float_graph(model)
     for path, module in wrappers:
         module.integer_forward = None
-        if module.kind != "nn.Linear":
+        if module.kind not in DENSE_KINDS:
             report.kept[path] = _NOT_SWITCHED.get(module.kind, f"no integer kernel for {module.kind}")
             continue
         reason = _linear_reason(module, min_in_features, min_out_features)
@@ -329,8 +386,8 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
             continue
         module.integer_forward = IntegerLinear(module, kernel, min_macs, support.needs_padding,
                                                contiguous_weight)
-        inner = module.inner
-        report.switched[path] = (f"K={inner.in_features} N={inner.out_features}, "
+        layer = dense_layer(module)
+        report.switched[path] = (f"K={layer.in_features} N={layer.out_features}, "
                                  f"{module.weight_bits}-bit weights as int8; {_activation_note(module)}")
     return report
 
