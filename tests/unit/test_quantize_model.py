@@ -238,12 +238,17 @@ def test_float_graph_is_the_unrounded_model_without_wrappers_sharing_its_tensors
     from gaqtool.quant.float_graph import float_graph
 
     fp32 = make_tiny_model(energy_shift={})
-    assert float_graph(fp32) is fp32                       # nothing to unwrap
+    from gaqtool.quant.float_graph import rounds_activations
+
+    assert float_graph(fp32) is fp32 and not rounds_activations(fp32)   # nothing to unwrap
     model, _ = quantize_loaded(fp32, QuantConfig.from_preset("w4a8", calib_frames=4,
                                                              force_mode="conservative"), train_frames)
     keys = list(model.state_dict())
     graph = float_graph(model)
     assert graph is not model and float_graph(model) is graph   # built once
+    assert rounds_activations(model)
+    weight_only, _ = quantize_loaded(fp32, QuantConfig.from_preset("w4", calib_frames=2), train_frames)
+    assert not rounds_activations(weight_only) and float_graph(weight_only) is not weight_only
     assert not any(isinstance(m, QuantizedModule) for m in graph.modules())
     assert sum(isinstance(m, QuantizedModule) for m in model.modules()) > 10   # model untouched
     assert list(model.state_dict()) == keys

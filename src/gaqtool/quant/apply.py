@@ -29,7 +29,7 @@ from gaqtool.config import FP32_BITS, ForceMode, QuantConfig
 from gaqtool.errors import InputError
 from gaqtool.potential import Prediction, autograd_prediction, predict_batch
 from gaqtool.quant.activation import ActivationQuantizer
-from gaqtool.quant.float_graph import float_graph
+from gaqtool.quant.float_graph import float_graph, rounds_activations
 from gaqtool.quant.modules import QuantizedModule
 
 __all__ = ["QuantPlan", "quantize_model", "calibrate", "activation_quantizers", "HANDLERS", "fan_in",
@@ -304,7 +304,7 @@ def dynamics_prediction(model: nn.Module, batch, stress: bool = False, quantized
             with torch.no_grad():
                 energies_q = model(batch)
         return prediction, energies_q
-    if not activation_quantizers(model):   # FP32 or weight-only: the float graph is the model
+    if not rounds_activations(model):   # FP32 or weight-only: the float graph is the model
         prediction = autograd_prediction(float_graph(model), batch, stress)
     else:
         prediction = predict_batch(model, batch, stress)

@@ -17,13 +17,15 @@ import weakref
 
 from torch import nn
 
+from gaqtool.quant.activation import ActivationQuantizer
 from gaqtool.quant.modules import QuantizedModule
 
-__all__ = ["float_graph", "forget_float_graph"]
+__all__ = ["float_graph", "forget_float_graph", "rounds_activations"]
 
-_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, nn.Module | None]]" = weakref.WeakKeyDictionary()
-"""model -> (its train/eval mode when built, its float graph or None for the model itself). Kept
-outside the model, so that copies and saved files never carry a stale view."""
+_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+"""model -> (its train/eval mode when built, its float graph or None for the model itself,
+whether it has activation quantizers). Kept outside the model, so that copies and saved files
+never carry a stale view."""
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
@@ -49,11 +51,23 @@ def float_graph(model: nn.Module) -> nn.Module:
     a change of train/eval mode, and after :func:`forget_float_graph` (which installing or
     removing integer kernels calls).
     """
+    graph = _entry(model)[1]
+    return model if graph is None else graph
+
+
+def rounds_activations(model: nn.Module) -> bool:
+    """Whether ``model`` has activation quantizers (an A8 file), from the same cached entry, so
+    that the hot path need not walk the module tree per call."""
+    return _entry(model)[2]
+
+
+def _entry(model: nn.Module) -> tuple:
     cached = _GRAPHS.get(model)
     if cached is None or cached[0] != model.training:
         graph = _unwrapped(model)
-        cached = _GRAPHS[model] = (model.training, None if graph is model else graph)
-    return model if cached[1] is None else cached[1]
+        rounds = any(isinstance(m, ActivationQuantizer) for m in model.modules())
+        cached = _GRAPHS[model] = (model.training, None if graph is model else graph, rounds)
+    return cached
 
 
 def forget_float_graph(model: nn.Module) -> None:
