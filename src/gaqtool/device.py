@@ -11,6 +11,8 @@ forces (-dE/dx) and stress reach the caller's positions and cell by autograd as 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -48,9 +50,8 @@ def select_device(name: str) -> torch.device:
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (the CPU for a model with neither)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)  # per forward: no lists
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def _batch_to_model(module: nn.Module, args: tuple):

@@ -61,7 +61,8 @@ def cpu_description() -> str:
 
 
 def bench_systems(frames, cutoff: float, batch_size: int, cluster_molecules: int, spacing: float):
-    """[(name, batch, description)] built from rMD17 aspirin frames (positions in A)."""
+    """[(name, batch, description, None)] built from rMD17 aspirin frames (positions in A); the
+    last entry is ase.Atoms for universal systems (see :func:`universal_systems`)."""
     import torch
 
     from gaqtool.data.graph import Batch, make_batch, radius_graph

@@ -17,7 +17,7 @@ from rich.table import Column
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["console", "log", "warn", "progress", "print_json", "progress_enabled", "training_callback"]
+__all__ = ["console", "log", "warn", "clamped_count", "progress", "print_json", "progress_enabled", "training_callback"]
 
 console = Console()  # results: stdout
 log = Console(stderr=True)  # progress, notes, warnings, errors: stderr
@@ -26,6 +26,15 @@ log = Console(stderr=True)  # progress, notes, warnings, errors: stderr
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr."""
     log.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def clamped_count(option: str, asked: int, available: int, what: str, default: int | None = None) -> int:
+    """``min(asked, available)``, with a warning when that is fewer than the user asked for
+    (a default larger than the data, e.g. 32 calibration frames of a 24-structure set, is
+    used silently: the data notes give the counts)."""
+    if asked > available and asked != default:
+        warn(f"{option} {asked}: {what} has {available}; using {available}")
+    return min(asked, available)
 
 
 def progress_enabled(json_mode: bool = False) -> bool:

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, log, print_json, progress, warn
+from gaqtool.cli.console import clamped_count, console, log, print_json, progress, warn
 from gaqtool.cli.parents import display_name, fp32_reference, recorded_modal
 from gaqtool.cli.options import (DeviceOption, E3nnConvolutionOption, ForceModeOverrideOption, JsonOption,
                                  ModalOption, Rmd17DirOption, ThreadsOption, TrustPickleOption, use_threads)
@@ -248,11 +248,9 @@ def evaluate(
     spec = data or default_spec(loaded.molecule)
     selection = resolve_data(spec, split.value, rmd17_dir, loaded.molecule)
     frames, note = selection.frames, selection.note
-    if num_frames is not None and num_frames < len(frames):
+    if num_frames is not None and clamped_count("--frames", num_frames, len(frames), spec) < len(frames):
         frames = frames.subset(range(num_frames))
         note = f"{note}; first {num_frames} used"
-    elif num_frames is not None and num_frames > len(frames):
-        warn(f"--frames {num_frames}: {spec} has {len(frames)}; using {len(frames)}")
     mismatch = composition_mismatch(frames, loaded.molecule)
     if mismatch:
         warn(mismatch)

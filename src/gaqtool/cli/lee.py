@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, log, print_json, progress, warn
+from gaqtool.cli.console import clamped_count, console, log, print_json, progress, warn
 from gaqtool.cli.evaluate import check_elements
 from gaqtool.cli.parents import display_name, explicit_parent, recorded_parent
 from gaqtool.cli.options import (E3nnConvolutionOption, ForceModeOverrideOption, JsonOption, ModalOption,
@@ -132,9 +132,8 @@ def _frames_for(molecule: str | None, data: str, rmd17_dir, num_frames: int, cac
     key = molecule if data.startswith("rmd17") else data
     if key not in cache:
         selection = resolve_data(data, "test", rmd17_dir, molecule)
-        if num_frames > len(selection.frames) and num_frames != DEFAULT_FRAMES:  # asked for, not the default
-            warn(f"--frames {num_frames}: {data} has {len(selection.frames)}; using {len(selection.frames)}")
-        first = selection.frames.subset(range(min(num_frames, len(selection.frames))))
+        count = clamped_count("--frames", num_frames, len(selection.frames), data, DEFAULT_FRAMES)
+        first = selection.frames.subset(range(count))
         mismatch = composition_mismatch(first, molecule)
         if mismatch:
             warn(mismatch)

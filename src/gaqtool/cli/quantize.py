@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, List, Optional
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, log, print_json, progress, progress_enabled, training_callback, warn
+from gaqtool.cli.console import (clamped_count, console, log, print_json, progress, progress_enabled,
+                                 training_callback, warn)
 from gaqtool.cli.options import (DeviceOption, E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption,
                                  SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
@@ -71,15 +72,6 @@ def _fine_tune(loaded, config, calib, train, val, bar, options: QATOptions, star
                "best_val": result.best_val, "seconds": result.seconds, "processes": distributed.world_size(),
                "history": result.history}
     return result.model, summary
-
-
-def _clamped(option: str, asked: int, available: int, what: str, default: int) -> int:
-    """``min(asked, available)``, with a warning when that is fewer than the user asked for
-    (a default larger than the data, e.g. 32 calibration frames of a 24-structure set, is
-    used silently: the data notes give the counts)."""
-    if asked > available and asked != default:
-        warn(f"{option} {asked}: {what} has {available}; using {available}")
-    return min(asked, available)
 
 
 def _write_outputs(output: Path, report_path: Path | None, write_model, started: float) -> dict:
@@ -236,12 +228,12 @@ def quantize(
         distributed.init_from_env()
         train = resolve_data(data or default_spec(molecule), "train", rmd17_dir, molecule)
         val = resolve_data(data or default_spec(molecule), "val", rmd17_dir, molecule)
-    n_calib = _clamped("--calib-frames", config.calib_frames, len(calib.frames), "the calibration data",
+    n_calib = clamped_count("--calib-frames", config.calib_frames, len(calib.frames), "the calibration data",
                        QuantConfig.calib_frames)
-    n_eval = _clamped("--eval-frames", eval_frames, len(evaluation.frames), "the evaluation data",
+    n_eval = clamped_count("--eval-frames", eval_frames, len(evaluation.frames), "the evaluation data",
                       EVAL_FRAMES)
     eval_set = evaluation.frames.subset(range(n_eval))
-    lee_frames = _clamped("--lee-frames", lee_frames, n_eval, "the evaluation set", LEE_FRAMES)
+    lee_frames = clamped_count("--lee-frames", lee_frames, n_eval, "the evaluation set", LEE_FRAMES)
     for role, selection in (("calibration", calib), ("evaluation", evaluation), ("QAT", train)):
         mismatch = selection is not None and composition_mismatch(selection.frames, molecule)
         if mismatch:

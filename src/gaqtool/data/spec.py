@@ -37,8 +37,6 @@ __all__ = [
 UNIVERSAL = "universal"
 _UNIVERSAL_PARTS = {"train": "calib", "train-all": "calib", "val": "val", "test": "test"}
 
-RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde",
-                   "naphthalene", "paracetamol", "salicylic", "toluene", "uracil")
 # atoms per element (atomic number: count) of each rMD17 molecule
 RMD17_COMPOSITION = {
     "aspirin": {1: 8, 6: 9, 8: 4}, "azobenzene": {1: 10, 6: 12, 7: 2}, "benzene": {1: 6, 6: 6},
@@ -46,6 +44,7 @@ RMD17_COMPOSITION = {
     "paracetamol": {1: 9, 6: 8, 7: 1, 8: 2}, "salicylic": {1: 6, 6: 7, 8: 3}, "toluene": {1: 8, 6: 7},
     "uracil": {1: 4, 6: 4, 7: 2, 8: 2},
 }
+RMD17_MOLECULES = tuple(RMD17_COMPOSITION)
 RMD17_ENV = "GAQTOOL_RMD17_DIR"
 SPLIT_SEED = 0
 NUM_VALIDATION = 50
@@ -117,16 +116,19 @@ def _rmd17_dir(rmd17_dir: Path | str | None) -> Path | None:
     return path
 
 
+def _check_molecule(molecule: str, context: str = "") -> None:
+    if molecule not in RMD17_MOLECULES:
+        raise DataError(f"{context}unknown rMD17 molecule '{molecule}'",
+                        hint="choose one of: " + ", ".join(RMD17_MOLECULES))
+
+
 def check_spec(spec: str | None, option: str) -> None:
     """DataError now, before any work, for a spec that cannot resolve: an unknown rMD17
     molecule or a file that does not exist (its contents are read later)."""
     if spec is None or spec in (UNIVERSAL, "rmd17"):
         return
     if spec.startswith("rmd17:"):
-        molecule = spec.split(":", 1)[1].lower()
-        if molecule not in RMD17_MOLECULES:
-            raise DataError(f"{option} {spec}: unknown rMD17 molecule '{molecule}'",
-                            hint="choose one of: " + ", ".join(RMD17_MOLECULES))
+        _check_molecule(spec.split(":", 1)[1].lower(), f"{option} {spec}: ")
         return
     path = Path(spec)
     if path.is_dir():
@@ -148,12 +150,12 @@ def composition_mismatch(frames: Frames, molecule: str | None) -> str | None:
         differing += dict(zip(values.tolist(), counts.tolist())) != expected
     if not differing:
         return None
-    formula = "".join(f"{_SYMBOLS.get(z, z)}{n if n > 1 else ''}" for z, n in sorted(expected.items(), key=lambda i: (i[0] != 6, i[0])))
+    from ase.data import chemical_symbols
+
+    formula = "".join(f"{chemical_symbols[z]}{n if n > 1 else ''}"
+                      for z, n in sorted(expected.items(), key=lambda i: (i[0] != 6, i[0])))  # C first
     return (f"{differing} of {len(frames)} frames are not {molecule} ({formula}), the molecule the model "
             "was fitted to: its energies and forces there are not meaningful")
-
-
-_SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O"}
 
 
 def default_spec(molecule: str | None) -> str:
@@ -189,9 +191,7 @@ def resolve_data(spec: str, split: str = "test", rmd17_dir: Path | str | None = 
         raise DataError("no molecule given for --data rmd17",
                         hint="use --data rmd17:<molecule>, e.g. rmd17:aspirin")
     molecule = molecule.lower()
-    if molecule not in RMD17_MOLECULES:
-        raise DataError(f"unknown rMD17 molecule '{molecule}'",
-                        hint="choose one of: " + ", ".join(RMD17_MOLECULES))
+    _check_molecule(molecule)
     file_split = "test" if split == "test" else "train"
     directory = _rmd17_dir(rmd17_dir)
     if directory is None:

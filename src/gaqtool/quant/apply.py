@@ -297,18 +297,17 @@ def dynamics_prediction(model: nn.Module, batch, stress: bool = False, quantized
     reports, costs one more forward pass and is computed only when ``quantized_energy``.
     Otherwise (FP32, weight-only, force mode 'ste') the model as stored, and E_q is its energy.
     """
-    if uses_conservative_forces(model):
+    conservative = uses_conservative_forces(model)
+    if conservative or not rounds_activations(model):   # the float graph is the model's energy
         prediction = autograd_prediction(float_graph(model), batch, stress)
-        energies_q = None
-        if quantized_energy:
-            with torch.no_grad():
-                energies_q = model(batch)
-        return prediction, energies_q
-    if not rounds_activations(model):   # FP32 or weight-only: the float graph is the model
-        prediction = autograd_prediction(float_graph(model), batch, stress)
-    else:
+    else:                                                # force mode 'ste': the model as stored
         prediction = predict_batch(model, batch, stress)
-    return prediction, prediction.energies.detach() if quantized_energy else None
+    if not quantized_energy:
+        return prediction, None
+    if not conservative:
+        return prediction, prediction.energies.detach()
+    with torch.no_grad():
+        return prediction, model(batch)
 
 
 @torch.no_grad()
