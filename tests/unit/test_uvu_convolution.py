@@ -16,7 +16,9 @@ from gaqtool.kernels.uvu_convolution import UvuConvolution, edge_index, uvu_tens
 # (node irreps, edge irreps): all l <= 3 with both parities, against parity-aware harmonics
 # (SH parity (-1)^l) and against SevenNet's parity-free harmonics (all 'e')
 CASES = [("3x0e+2x0o+2x1o+3x1e+2x2e+2x2o+2x3o+2x3e", "1x0e+1x1o+1x2e+1x3o"),
-         ("4x0e+2x1o+2x1e+3x2o+2x3e", "1x0e+1x1e+1x2e+1x3e")]
+         ("4x0e+2x1o+2x1e+3x2o+2x3e", "1x0e+1x1e+1x2e+1x3e"),
+         # channel counts past one vector block (16) and not a multiple of it
+         ("20x0e+17x1o+33x2e+16x3o", "1x0e+1x1o+1x2e+1x3o")]
 LMAX = 3
 
 
