@@ -90,8 +90,12 @@ def test_int8_quantization_fidelity_sqnr():
     assert sqnr_db(exact, k8.int8_linear(x, w_int.t(), w_scale, None)) > 35.0
 
 
-def test_backward_uses_dequantized_weight_and_double_backward():
-    """grad_x = grad_y @ W_deq (rounding straight-through), also under create_graph=True."""
+@pytest.mark.parametrize("integer_backward", [False, True])
+def test_backward_uses_dequantized_weight_and_double_backward(integer_backward):
+    """grad_x = grad_y @ W_deq (rounding straight-through), also under create_graph=True, where
+    an offered integer backward must not be taken (the second derivative, taken without a graph,
+    may use it: only the first derivatives are compared then)."""
+    kernels = k8.IntegerKernels(k8.int8_linear, k8.int8_grad_input if integer_backward else None)
     g = torch.Generator().manual_seed(2)
     w_int, w_scale = random_weight(24, 40, 4, g)
     w_deq = w_int.float() * w_scale.unsqueeze(1)
@@ -101,7 +105,7 @@ def test_backward_uses_dequantized_weight_and_double_backward():
     def energy(x, integer: bool):
         h = torch.tanh(x)
         if integer:
-            y = k8.Int8LinearFunction.apply(h, w_deq, bias, k8.int8_linear, w_int.t(), w_scale)
+            y = k8.Int8LinearFunction.apply(h, w_deq, bias, kernels, w_int.t(), w_scale, w_int.contiguous())
         else:  # float reference with the same forward values and a straight-through backward
             y = F.linear(h + (fake_quant_rows(h).float() - h).detach(), w_deq, bias)
         return F.silu(y).pow(2).sum()
@@ -112,8 +116,29 @@ def test_backward_uses_dequantized_weight_and_double_backward():
         (gx, gb) = torch.autograd.grad(energy(x, integer), (x, bias), create_graph=True)
         (ggx,) = torch.autograd.grad(gx.pow(2).sum(), x)
         results.append((gx.detach(), gb.detach(), ggx))
-    for a, b in zip(*results):
+    for a, b in list(zip(*results))[:2 if integer_backward else 3]:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_integer_backward_is_the_float_product_within_int8_rounding():
+    """Without create_graph the gradient to the input is an int8 GEMM of the row-quantized
+    grad_y * scale: close to grad_y @ W_deq (SQNR > 35 dB), not equal to it."""
+    from gaqtool.quant.primitives import sqnr_db
+
+    g = torch.Generator().manual_seed(3)
+    w_int, w_scale = random_weight(96, 64, 8, g)   # (N, K)
+    w_deq = w_int.float() * w_scale.unsqueeze(1)
+    x = torch.randn(300, 64, generator=g, requires_grad=True)
+    grad_y = torch.randn(300, 96, generator=g)
+    kernels = k8.IntegerKernels(k8.int8_linear, k8.int8_grad_input)
+    y = k8.Int8LinearFunction.apply(x, w_deq, None, kernels, w_int.t(), w_scale, w_int.contiguous())
+    (grad_x,) = torch.autograd.grad(y, x, grad_y)
+    exact = grad_y.double() @ w_deq.double()
+    assert sqnr_db(exact, grad_x) > 35.0
+    assert not torch.equal(grad_x, (grad_y @ w_deq))
+    y = k8.Int8LinearFunction.apply(x, w_deq, None, k8.IntegerKernels(k8.int8_linear), w_int.t(), w_scale)
+    (float_grad,) = torch.autograd.grad(y, x, grad_y)
+    torch.testing.assert_close(float_grad, grad_y @ w_deq)
 
 
 # --- whole models ---------------------------------------------------------------------------
@@ -146,18 +171,20 @@ def _per_row_reference(module, x):
     return F.linear(xq, module.inner.weight, module.inner.bias).reshape(*x.shape[:-1], -1)
 
 
-def _integer_and_reference(model):
+def _integer_and_reference(model, integer_backward: bool = False):
     integer = copy.deepcopy(model)
-    report = k8.enable_integer_kernels(integer, **ALL_LAYERS)
+    report = k8.enable_integer_kernels(integer, integer_backward=integer_backward, **ALL_LAYERS)
     reference = copy.deepcopy(model)
     for path in report.switched:
         reference.get_submodule(path).integer_forward = _per_row_reference
     return integer, reference, report
 
 
+@pytest.mark.parametrize("integer_backward", [False, True], ids=["float-backward", "int8-backward"])
 @pytest.mark.parametrize("preset", ["w4a8", "w4", "w8a8", "naive-w8a8"])  # naive: per-tensor scale
-def test_potential_integer_path_matches_float_reference_and_fake_quant(models, frames, preset):
-    integer, reference, report = _integer_and_reference(models[preset])
+def test_potential_integer_path_matches_float_reference_and_fake_quant(models, frames, preset,
+                                                                       integer_backward):
+    integer, reference, report = _integer_and_reference(models[preset], integer_backward)
     linears = [p for p, m in integer.named_modules()
                if isinstance(m, QuantizedModule) and m.kind == "nn.Linear"]
     assert sorted(report.switched) == sorted(linears) and linears
@@ -170,9 +197,10 @@ def test_potential_integer_path_matches_float_reference_and_fake_quant(models, f
     calls = [m.integer_forward.calls["integer"] for m in integer.modules()
              if isinstance(m, QuantizedModule) and m.integer_forward is not None]
     assert min(calls) > 0
-    # same numerics as the float per-row reference: eV and eV/A, float32 accumulation noise
+    # same numerics as the float per-row reference: eV and eV/A, float32 accumulation noise; the
+    # int8 backward also rounds each row of the gradient (measured: up to 0.6 meV/A here)
     torch.testing.assert_close(e_int, e_ref, rtol=0, atol=2e-4)
-    torch.testing.assert_close(f_int, f_ref, rtol=0, atol=2e-4)
+    torch.testing.assert_close(f_int, f_ref, rtol=0, atol=2e-3 if integer_backward else 2e-4)
     # accuracy vs FP32 stays of the fake-quant model's order: the symmetric per-row grid spends one
     # bit on the sign of one-sided (SiLU) inputs, so at w8a8 its error can be up to ~2x the static
     # asymmetric per-channel grid's; at 4-bit weights the weight error dominates
@@ -324,7 +352,8 @@ def test_compiled_kernel_matches_eager():
 def test_e3nn_fully_connected_layers_run_the_integer_kernel_with_ste_gradients():
     """A radial network [8, 64, 64, 96] quantized to W4: the int8 path equals the float64
     reference (dynamic per-row grid of each layer's input, e3nn's normalisation folded into the
-    scales), and its input gradient is the straight-through one through the dequantized weights."""
+    scales), and its input gradient is the straight-through one through the dequantized weights
+    (float backward exactly; the int8 backward to within its rounding of the gradient rows)."""
     from e3nn import nn as enn
 
     from gaqtool.quant.apply import quantize_model
@@ -333,7 +362,7 @@ def test_e3nn_fully_connected_layers_run_the_integer_kernel_with_ste_gradients()
     net = torch.nn.Sequential()
     net.add_module("radial", enn.FullyConnectedNet([8, 64, 64, 96], torch.nn.functional.silu))
     quantized, _ = quantize_model(copy.deepcopy(net), QuantConfig.from_preset("w4", keep_fp32=()))
-    report = k8.enable_integer_kernels(quantized, **ALL_LAYERS)
+    report = k8.enable_integer_kernels(quantized, integer_backward=False, **ALL_LAYERS)
     assert len(report.switched) == 3 and all("K=" in v for v in report.switched.values())
     x0 = torch.randn(200, 8)
 
@@ -363,3 +392,10 @@ def test_e3nn_fully_connected_layers_run_the_integer_kernel_with_ste_gradients()
     x = x0.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(straight_through(x).pow(2).sum(), x)
     torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-4)
+
+    from gaqtool.quant.primitives import sqnr_db
+
+    k8.enable_integer_kernels(quantized, integer_backward=True, **ALL_LAYERS)
+    x = x0.clone().requires_grad_(True)
+    (integer_grad,) = torch.autograd.grad(quantized(x).pow(2).sum(), x)
+    assert sqnr_db(expected.double(), integer_grad) > 30.0 and not torch.equal(integer_grad, grad)

@@ -38,7 +38,7 @@ from gaqtool.quant.float_graph import forget_float_graph
 
 __all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operands",
            "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
-           "make_kernel", "enable_integer_kernels", "disable_integer_kernels",
+           "make_kernel", "make_kernels", "IntegerKernels", "int8_grad_input", "enable_integer_kernels", "disable_integer_kernels",
            "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_MACS"]
 
 QMAX = 127
@@ -136,27 +136,60 @@ def int8_linear(x: torch.Tensor, weight_t: torch.Tensor, weight_scale: torch.Ten
     return y.add_(bias) if bias is not None else y
 
 
-class Int8LinearFunction(torch.autograd.Function):
-    """Integer forward, float backward: ``grad_x = grad_y @ W_deq`` (straight-through rounding).
+def int8_grad_input(grad_y: torch.Tensor, weight_int: torch.Tensor, weight_scale: torch.Tensor
+                    ) -> torch.Tensor:
+    """``grad_x = grad_y @ W_deq`` as an integer GEMM, the backward of :func:`int8_linear`.
 
-    forward(x (M, K) float32, weight_deq (N, K) float32, bias (N,) or None, kernel, weight_t
-    (K, N) int8, weight_scale (N,) float32) -> (M, N) float32. ``kernel`` is :func:`int8_linear`
-    or its compiled version. Only ``x`` and ``bias`` receive gradients (weights are constants of
-    a quantized model). The backward is made of differentiable ops: double backward works.
+    grad_y: (M, N) float32; weight_int: (N, K) int8 (row n: output channel n); weight_scale: (N,).
+    ``W_deq[n, k] = weight_int[n, k] * weight_scale[n]``, so the scale goes onto ``grad_y``'s
+    columns, whose rows are then quantized like activations (per row, int8): one more rounding,
+    of the gradient only. Returns (M, K) float32.
+    """
+    g_int, row_scale = quantize_rows(grad_y * weight_scale)
+    return torch._int_mm(g_int, weight_int).to(torch.float32).mul_(row_scale)
+
+
+@dataclass(frozen=True)
+class IntegerKernels:
+    """The integer kernels of a switched layer.
+
+    forward:  :func:`int8_linear` or its compiled version
+    backward: :func:`int8_grad_input` or its compiled version, or None: the float backward
+    """
+
+    forward: Callable
+    backward: Callable | None = None
+
+
+class Int8LinearFunction(torch.autograd.Function):
+    """Integer forward; backward ``grad_x = grad_y @ W_deq`` (straight-through rounding).
+
+    forward(x (M, K) float32, weight_deq (N, K) float32, bias (N,) or None, kernels
+    (:class:`IntegerKernels`), weight_t (K, N) int8, weight_scale (N,) float32, weight_nk (N, K)
+    int8 contiguous or None) -> (M, N) float32. Only ``x`` and ``bias`` receive gradients
+    (weights are constants of a quantized model). The backward is the integer GEMM
+    ``kernels.backward`` where there is one, ``weight_nk`` is given and no graph of the backward
+    is wanted; otherwise (and always with ``create_graph``: double backward, training on forces)
+    it is the float product, made of differentiable ops.
     """
 
     @staticmethod
-    def forward(ctx, x, weight_deq, bias, kernel, weight_t, weight_scale):
-        ctx.save_for_backward(weight_deq)
-        ctx.has_bias = bias is not None
-        return kernel(x, weight_t, weight_scale, bias)
+    def forward(ctx, x, weight_deq, bias, kernels, weight_t, weight_scale, weight_nk=None):
+        ctx.save_for_backward(weight_deq, weight_scale, weight_nk)
+        ctx.has_bias, ctx.kernels = bias is not None, kernels
+        return kernels.forward(x, weight_t, weight_scale, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (weight_deq,) = ctx.saved_tensors
-        grad_x = grad_out @ weight_deq.to(grad_out.dtype) if ctx.needs_input_grad[0] else None
+        weight_deq, weight_scale, weight_nk = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            integer = (ctx.kernels.backward is not None and weight_nk is not None
+                       and not torch.is_grad_enabled() and grad_out.dtype == torch.float32)
+            grad_x = (ctx.kernels.backward(grad_out.contiguous(), weight_nk, weight_scale) if integer
+                      else grad_out @ weight_deq.to(grad_out.dtype))
         grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, None, grad_bias, None, None, None
+        return grad_x, None, grad_bias, None, None, None, None
 
 
 DENSE_KINDS = ("nn.Linear", "e3nn.FullyConnectedNet.layer")
@@ -225,14 +258,18 @@ class IntegerLinear:
     ``__call__(module, x (..., K))`` -> (..., N) float32.
     """
 
-    def __init__(self, module: torch.nn.Module, kernel: Callable, min_macs: int,
+    def __init__(self, module: torch.nn.Module, kernels: IntegerKernels, min_macs: int,
                  needs_padding: bool = False, contiguous_weight: bool = False):
         layer = dense_layer(module)
         self.weight_t = layer.weight_int.contiguous() if contiguous_weight else layer.weight_int
+        # (N, K) int8 for the integer backward (CUDA's padding rules are not handled there)
+        self.weight_nk = (layer.weight_int.t().contiguous()
+                          if kernels.backward is not None and not needs_padding else None)
         self.weight_scale = layer.weight_scale
         self.weight_deq, self.bias, self.post = layer.weight, layer.bias, layer.post
         self.macs_per_row = layer.in_features * layer.out_features
-        self.kernel = functools.partial(kernel, needs_padding=True) if needs_padding else kernel
+        forward = functools.partial(kernels.forward, needs_padding=True) if needs_padding else kernels.forward
+        self.kernels = IntegerKernels(forward, kernels.backward)
         self.min_macs = int(min_macs)
         self.calls = {"integer": 0, "float": 0}
 
@@ -243,8 +280,8 @@ class IntegerLinear:
             return module.inner(module.input_quantizers[0](x))   # exactly the fake-quant path
         self.calls["integer"] += 1
         flat = x.reshape(rows, x.shape[-1])
-        y = Int8LinearFunction.apply(flat, self.weight_deq, self.bias, self.kernel, self.weight_t,
-                                     self.weight_scale)
+        y = Int8LinearFunction.apply(flat, self.weight_deq, self.bias, self.kernels, self.weight_t,
+                                     self.weight_scale, self.weight_nk)
         if self.post is not None:
             y = self.post(y)
         return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -317,11 +354,18 @@ class _FirstCallFallback:
         return out
 
 
-def make_kernel(compile: bool) -> Callable:
-    """:func:`int8_linear`, compiled with inductor (dynamic shapes) if ``compile``."""
+def make_kernel(compile: bool, function: Callable = int8_linear) -> Callable:
+    """``function`` (:func:`int8_linear`), compiled with inductor (dynamic shapes) if ``compile``."""
     if not compile:
-        return int8_linear
-    return _FirstCallFallback(torch.compile(int8_linear, dynamic=True), int8_linear)
+        return function
+    return _FirstCallFallback(torch.compile(function, dynamic=True), function)
+
+
+def make_kernels(compile: bool, integer_backward: bool) -> IntegerKernels:
+    """The forward kernel and, if ``integer_backward``, the integer backward, both compiled if
+    ``compile``."""
+    return IntegerKernels(make_kernel(compile),
+                          make_kernel(compile, int8_grad_input) if integer_backward else None)
 
 
 def _linear_reason(module, min_in: int, min_out: int) -> str:
@@ -349,7 +393,8 @@ def _activation_note(module) -> str:
 def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
                            min_in_features: int = MIN_IN_FEATURES,
                            min_out_features: int = MIN_OUT_FEATURES, min_macs: int = MIN_MACS,
-                           contiguous_weight: bool = False) -> IntegerKernelReport:
+                           contiguous_weight: bool = False, integer_backward: bool = True
+                           ) -> IntegerKernelReport:
     """Switch eligible ``QuantizedModule`` wrappers of ``model`` to int8 GEMMs, in place.
 
     Eligible: dense-layer wrappers (``DENSE_KINDS``) with per-output-channel (or per-tensor) weight scales and
@@ -358,6 +403,8 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     compile: fuse the quant/dequant passes with ``torch.compile`` (falls back to eager with a
     warning if compilation fails). contiguous_weight: keep a (K, N) contiguous int8 copy instead
     of a transposed view of the stored (N, K) int8 weight (measured: no faster).
+    integer_backward: the gradient to the layer's input (forces) by an int8 GEMM too, its rows
+    quantized like activations (:func:`int8_grad_input`); else the float product.
     If ``torch._int_mm`` does not run here, nothing is switched and a warning is issued.
     """
     device = next(iter(model.buffers()), torch.empty(0)).device
@@ -369,8 +416,9 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return IntegerKernelReport("none (fake quantization)", {},
                                    {p: message for p, _ in wrappers}, [message])
-    kernel = make_kernel(compile)
-    backend = "torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant"
+    kernels = make_kernels(compile, integer_backward)
+    backend = ("torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant"
+               + (", int8 backward" if integer_backward else ", float backward"))
     report = IntegerKernelReport(backend, settings={"min_in_features": min_in_features,
                                                     "min_out_features": min_out_features,
                                                     "min_macs": min_macs})
@@ -384,7 +432,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
         if reason:
             report.kept[path] = reason
             continue
-        module.integer_forward = IntegerLinear(module, kernel, min_macs, support.needs_padding,
+        module.integer_forward = IntegerLinear(module, kernels, min_macs, support.needs_padding,
                                                contiguous_weight)
         layer = dense_layer(module)
         report.switched[path] = (f"K={layer.in_features} N={layer.out_features}, "
