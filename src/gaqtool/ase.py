@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from gaqtool.allocator import keep_freed_memory
 from gaqtool.config import ForceMode
 from gaqtool.data.graph import Batch, structures_batch
 from gaqtool.io.loading import LoadedModel, load_model
@@ -63,6 +64,8 @@ class GAQCalculator(Calculator):
     temperature).
     threads:       torch CPU threads, set when the calculator is made (process-wide, as torch's
                    setting is); None: one per core that is free then (``gaqtool.threads``).
+                   The calculator also keeps freed memory in the process for reuse across steps
+                   (``gaqtool.allocator.keep_freed_memory``, process-wide).
     e3nn_convolution: for a model file, keep e3nn's tensor products instead of gaqtool's fused
                    convolution (SevenNet; see ``gaqtool.io.loading.load_model``).
     """
@@ -76,6 +79,7 @@ class GAQCalculator(Calculator):
                  e3nn_convolution: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.threads = configure_threads(threads)
+        keep_freed_memory()
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
         if isinstance(path_or_model, torch.nn.Module):
             self.model = path_or_model

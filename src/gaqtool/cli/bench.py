@@ -409,7 +409,8 @@ def _render(data: dict) -> None:
     references = sorted({r.get("reference", "fp32") for r in data["results"] if r["status"] == "ok"})
     quantized = "; ".join(f"{k}: {note}" for k, note in enumerate(data["quantized"], start=1)) \
         if len(data["quantized"]) > 1 else data["quantized"][0]
-    console.print(f"[dim]quantized: {quantized}. ms: median of {data['repeats']} runs after "
+    console.print(f"[dim]quantized: {quantized}. Allocator: {data.get('allocator', 'default malloc')}. "
+                  f"ms: median of {data['repeats']} runs after "
                   f"{data['warmup']} warm-up; reference (ref): {' or '.join(references)}"
                   f"{' = sevenn' + chr(39) + 's own FP32 calculator model' if 'sevenn' in references else ''}; "
                   "x ref: speedup; MB: model tensors + peak allocated during one call; mem: vs ref; "
@@ -433,6 +434,7 @@ def bench(
     cluster_molecules: Annotated[int, typer.Option("--cluster-molecules", min=1, help="Aspirins in the grid system (48 -> 1008 atoms; not for universal models).")] = 48,
     spacing: Annotated[float, typer.Option("--spacing", min=1.0, help="Grid spacing of the cluster system, Angstrom.")] = 8.0,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also measure peak memory (one profiled call each).")] = True,
+    keep_memory: Annotated[bool, typer.Option("--keep-freed-memory/--default-malloc", help="Keep freed memory in the process for reuse, as md, eval and GAQCalculator do (gaqtool.allocator), or time with the C library's default malloc (where nothing earlier in the process set it).")] = True,
     force_mode: ForceModeOverrideOption = None,
     modal: ModalOption = None,
     json_output: JsonOption = False,
@@ -441,6 +443,7 @@ def bench(
     bf16, fake-quant and int8 kernels, with the fused convolution's FLOP/s."""
     import torch
 
+    from gaqtool.allocator import freed_memory_kept, keep_freed_memory
     from gaqtool.data.frames import read_npz
     from gaqtool.data.spec import sample_path
     from gaqtool.kernels.roofline import gemm_peak_flops, nominal_peak_flops
@@ -450,6 +453,9 @@ def bench(
     if unknown:
         raise InputError(f"unknown --config {', '.join(unknown)}", hint=f"choose from {', '.join(CONFIGS)}")
     torch.set_num_threads(threads)
+    if keep_memory:
+        keep_freed_memory()
+    allocator = "freed memory kept (mallopt)" if freed_memory_kept() else "default malloc"
     found = _load_models(fp32_model, list(quantized_files or []), chosen, force_mode, modal)
     fp32, chosen = found["fp32"], found["configs"]
     frames = read_npz(sample_path("test"))
@@ -460,7 +466,7 @@ def bench(
     on_step = None if json_output else (lambda s: log.print(f"[dim]running {s}[/]", highlight=False))
     cpu = cpu_description()
     data = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "fp32_model": str(fp32.path), "quantized": found["notes"], "repeats": repeats, "warmup": warmup,
+            "allocator": allocator, "fp32_model": str(fp32.path), "quantized": found["notes"], "repeats": repeats, "warmup": warmup,
             "systems": [{"name": n, "atoms": len(b.numbers), "edges": len(b.edge_src), "description": d}
                         for n, b, d, _ in systems],
             "peak": {"nominal_flop_per_s": nominal_peak_flops(threads, "avx512f" in cpu),

@@ -41,11 +41,14 @@ DeviceOption = Annotated[str, typer.Option(
 
 
 def use_threads(threads: int | None) -> int:
-    """Set torch's threads (``gaqtool.threads``); say so on stderr when the default leaves cores
-    out because they are busy."""
+    """Set torch's threads (``gaqtool.threads``) and keep freed memory for reuse
+    (``gaqtool.allocator``); say so on stderr when the default leaves cores out because they are
+    busy."""
+    from gaqtool.allocator import keep_freed_memory
     from gaqtool.cli.console import log
     from gaqtool.threads import configure_threads, usable_cores
 
+    keep_freed_memory()
     chosen = configure_threads(threads)
     cores = len(usable_cores())
     if threads is None and chosen < cores:
