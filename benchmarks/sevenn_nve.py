@@ -9,6 +9,7 @@ atom moving more than 2 A from its start in one log interval.
 
     python benchmarks/sevenn_nve.py sevenn:7net-0 --steps 1000 --out nve_fp32.json
     python benchmarks/sevenn_nve.py w4.safetensors --steps 1000 --out nve_w4.json
+    python benchmarks/sevenn_nve.py w8.safetensors --int8 --steps 1000 --out nve_w8_int8.json
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--int8", action="store_true",
+                        help="int8 GEMMs in the radial networks, forward and backward (a quantized "
+                             "file; forces straight through the rounding, not conservative)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -49,6 +53,11 @@ def main() -> None:
     MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
     atoms.calc = GAQCalculator(args.model, threads=args.threads)
+    if args.int8:
+        from gaqtool.kernels.int8 import enable_integer_kernels
+
+        switched = enable_integer_kernels(atoms.calc.model).switched
+        print(f"int8 kernels in {len(switched)} layers", flush=True)
     dynamics = VelocityVerlet(atoms, timestep=args.dt * units.fs)
     times, energies, blown = [], [], False
     last = atoms.positions.copy()
@@ -69,7 +78,7 @@ def main() -> None:
                   f"{time.perf_counter() - started:.0f} s", flush=True)
     t, e = np.array(times), np.array(energies) / len(atoms) * 1000.0  # ps, meV/atom
     slope, intercept = np.polyfit(t, e, 1) if len(t) > 2 else (np.nan, np.nan)
-    result = {"model": args.model, "atoms": len(atoms), "temperature_K": args.temperature,
+    result = {"model": args.model, "int8_kernels": args.int8, "atoms": len(atoms), "temperature_K": args.temperature,
               "dt_fs": args.dt, "steps_done": int(round(t[-1] * 1000 / args.dt)), "blow_up": blown,
               "drift_mev_per_atom_per_ps": float(slope),
               "fluctuation_mev_per_atom": float(np.std(e - (slope * t + intercept))),
