@@ -4,7 +4,8 @@ For each file: its deviation from the FP32 parent on the universal test part (16
 8 aspirin frames), run three ways: the file's own float graph (weights dequantized once, what md
 and GAQCalculator run), int8 GEMMs in the forward only (dynamic per-row int8 inputs of the radial
 networks, float backward), and int8 GEMMs in the backward too (the gradient rows quantized the
-same way: what `gaqtool bench --config int8` times).
+same way: what `gaqtool bench --config int8` times); and the force MAE against DFT on the 200
+shipped rMD17 aspirin test frames, with its ratio to the FP32 parent's.
 
     python benchmarks/sevenn_int8_accuracy.py w8.safetensors w4.safetensors \\
         --out benchmarks/results/sevenn_int8_accuracy.json
@@ -35,10 +36,14 @@ def main() -> None:
     from gaqtool.io.atomic import atomic_write
     from gaqtool.io.loading import load_model
     from gaqtool.kernels.int8 import enable_integer_kernels
-    from gaqtool.metrics.accuracy import deviation_metrics, predict
+    from gaqtool.metrics.accuracy import accuracy_metrics, deviation_metrics, predict
 
     test = resolve_data("universal", "test").frames
-    reference, rows = predict(load_model(args.parent).model, test), []
+    aspirin = resolve_data("rmd17:aspirin", "test").frames
+    parent = load_model(args.parent).model
+    reference, rows = predict(parent, test), []
+    fp32_dft = accuracy_metrics(predict(parent, aspirin), aspirin)["force_mae_mev_a"]
+    print(f"FP32 parent: aspirin force MAE vs DFT {fp32_dft:.1f} meV/A", flush=True)
     for path in args.files:
         loaded = load_model(path)
         for label, integer, backward in (("float graph", False, False), ("int8 forward", True, False),
@@ -48,16 +53,18 @@ def main() -> None:
                 enable_integer_kernels(model, integer_backward=backward)
             deviation = deviation_metrics(predict(model, test), reference, test)
             c, m = deviation["crystals"], deviation["molecules"]
+            dft = accuracy_metrics(predict(model, aspirin), aspirin)["force_mae_mev_a"]
             row = {"file": path.name, "run": label,
                    "crystals_dF_meV_A": c["force_mae_mev_a"], "crystals_dE_meV_atom": c["energy_mae_mev_per_atom"],
-                   "aspirin_dF_meV_A": m["force_mae_mev_a"], "aspirin_dE_meV_atom": m["energy_mae_mev_per_atom"]}
+                   "aspirin_dF_meV_A": m["force_mae_mev_a"], "aspirin_dE_meV_atom": m["energy_mae_mev_per_atom"],
+                   "aspirin_force_mae_vs_dft_meV_A": dft, "vs_fp32": dft / fp32_dft}
             rows.append(row)
             print(f"{path.name:20s} {label:24s} crystals dF {row['crystals_dF_meV_A']:6.2f} "
                   f"dE {row['crystals_dE_meV_atom']:6.2f} | aspirin dF {row['aspirin_dF_meV_A']:6.2f} "
-                  f"dE {row['aspirin_dE_meV_atom']:6.2f}", flush=True)
+                  f"dE {row['aspirin_dE_meV_atom']:6.2f} | vs DFT {dft:6.1f} ({dft / fp32_dft:.3f}x)", flush=True)
     result = {"command": "python benchmarks/sevenn_int8_accuracy.py " + " ".join(str(f) for f in args.files),
               "threads": args.threads, "units": "mean |dF| per component meV/A, mean |dE| per atom meV, "
-              "against the FP32 parent", "rows": rows}
+              "against the FP32 parent", "fp32_aspirin_force_mae_vs_dft_meV_A": fp32_dft, "rows": rows}
     atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
