@@ -5,7 +5,8 @@ directory (``$GAQTOOL_KERNEL_CACHE``, default ``~/.cache/gaqtool/kernels``), nam
 the source, the compiler and the CPU flags, and loaded with ``ctypes``; later processes reuse it
 (about a second to build, no torch headers). Without a compiler, or if the build fails, callers
 get None and one warning, and use the eager PyTorch path instead. ``GAQTOOL_NATIVE_KERNELS=0``
-turns the kernels off.
+turns the kernels off; ``GAQTOOL_KERNEL_FLAGS`` appends compiler flags (e.g. ``-mno-avx512f``
+builds the portable loops on an AVX-512 machine, as the tests do).
 """
 
 from __future__ import annotations
@@ -52,10 +53,14 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _flags() -> list[str]:
+    return _FLAGS + os.environ.get("GAQTOOL_KERNEL_FLAGS", "").split()
+
+
 def _build(compiler: str) -> Path:
     """Compile the source into the cache (atomic rename; concurrent builds are harmless)."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + compiler.encode() + " ".join(_FLAGS).encode()
+    key = hashlib.sha256(source + compiler.encode() + " ".join(_flags()).encode()
                          + _cpu_flags().encode()).hexdigest()[:16]
     target = _cache_dir() / f"uvu_native_{key}.so"
     if target.is_file():
@@ -63,7 +68,7 @@ def _build(compiler: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *_FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True,
+        subprocess.run([compiler, *_flags(), str(SOURCE), "-o", str(built), "-lm"], check=True,
                        capture_output=True, timeout=120)
         os.replace(built, target)
     return target

@@ -175,7 +175,7 @@ void uvu_grad_nodes(int64_t num_nodes, const int64_t *rowptr, const int64_t *ord
 /* One input row a of one path of one edge, for a fixed number D of output rows (D <= 7):
  *   gm[c]  = sum_u w[u] x[u] g_c[u]              (c < D; NULL: not wanted)
  *   gw[u] += x[u] * sum_c coef[c] g_c[u]         (NULL: not wanted)
- * The u loop runs in blocks of LANES with D independent vector accumulators, so the dot
+ * The u loop runs in blocks of 16 with D independent vector accumulators, so the dot
  * products are throughput-bound rather than bound by the latency of one reduction chain. */
 #ifdef __AVX512F__
 #define ROW_KERNEL(D)                                                                          \
@@ -202,69 +202,38 @@ void uvu_grad_nodes(int64_t num_nodes, const int64_t *rowptr, const int64_t *ord
         if (gm)                                                                                \
             for (int c = 0; c < D; ++c) gm[c] = _mm512_reduce_add_ps(acc[c]);                  \
     }
-#else
-#define LANES 16
-#define ROW_KERNEL(D)                                                                          \
-    static void grad_row_##D(int mul, const float *restrict x, const float *restrict w,       \
-                             const float *restrict g, const float *restrict coef,             \
-                             float *restrict gm, float *restrict gw) {                        \
-        float acc[D][LANES];                                                                   \
-        memset(acc, 0, sizeof(acc));                                                           \
-        int u0 = 0;                                                                            \
-        for (; u0 + LANES <= mul; u0 += LANES) {                                               \
-            float t[LANES], r[LANES];                                                          \
-            for (int l = 0; l < LANES; ++l) { t[l] = w[u0 + l] * x[u0 + l]; r[l] = 0.0f; }     \
-            for (int c = 0; c < D; ++c) {                                                      \
-                const float *gc = g + c * mul + u0;                                            \
-                const float k = coef[c];                                                       \
-                for (int l = 0; l < LANES; ++l) {                                              \
-                    acc[c][l] += t[l] * gc[l];                                                 \
-                    r[l] += k * gc[l];                                                         \
-                }                                                                              \
-            }                                                                                  \
-            if (gw)                                                                            \
-                for (int l = 0; l < LANES; ++l) gw[u0 + l] += x[u0 + l] * r[l];                \
-        }                                                                                      \
-        float tail[D];                                                                         \
-        for (int c = 0; c < D; ++c) tail[c] = 0.0f;                                            \
-        for (int u = u0; u < mul; ++u) {                                                       \
-            const float t = w[u] * x[u];                                                       \
-            float r = 0.0f;                                                                    \
-            for (int c = 0; c < D; ++c) {                                                      \
-                tail[c] += t * g[c * mul + u];                                                 \
-                r += coef[c] * g[c * mul + u];                                                 \
-            }                                                                                  \
-            if (gw) gw[u] += x[u] * r;                                                         \
-        }                                                                                      \
-        if (gm)                                                                                \
-            for (int c = 0; c < D; ++c) {                                                      \
-                float dot = tail[c];                                                           \
-                for (int l = 0; l < LANES; ++l) dot += acc[c][l];                              \
-                gm[c] = dot;                                                                   \
-            }                                                                                  \
-    }
-#endif
 ROW_KERNEL(1)
 ROW_KERNEL(3)
 ROW_KERNEL(5)
 ROW_KERNEL(7)
+#endif
 
-/* The same for any D (paths whose output l > 3). */
+/* The same for any D: the portable loops (and blocks with 2l+1 > 7). */
 static void grad_row_any(int d_out, int mul, const float *x, const float *w, const float *g,
-                         const float *coef, float *gm, float *gw, float *r) {
+                         const float *coef, float *gm, float *gw, float *t, float *r) {
+    if (gm) {
+#pragma omp simd
+        for (int u = 0; u < mul; ++u) t[u] = w[u] * x[u];
+    }
     if (gw) memset(r, 0, sizeof(float) * mul);
     for (int c = 0; c < d_out; ++c) {
         const float *gc = g + c * mul;
         if (gm) {
             float dot = 0.0f;
-            for (int u = 0; u < mul; ++u) dot += w[u] * x[u] * gc[u];
+#pragma omp simd reduction(+ : dot)
+            for (int u = 0; u < mul; ++u) dot += t[u] * gc[u];
             gm[c] = dot;
         }
-        if (gw)
-            for (int u = 0; u < mul; ++u) r[u] += coef[c] * gc[u];
+        if (gw) {
+            const float k = coef[c];
+#pragma omp simd
+            for (int u = 0; u < mul; ++u) r[u] += k * gc[u];
+        }
     }
-    if (gw)
+    if (gw) {
+#pragma omp simd
         for (int u = 0; u < mul; ++u) gw[u] += x[u] * r[u];
+    }
 }
 
 /* Per edge (no scatter): grad_w_p[u] = sum_a xt[src, i][a, u] * sum_c M_p[a, c] g[dst, k][c, u]
@@ -278,7 +247,8 @@ void uvu_grad_edges(int64_t num_edges, const int64_t *src, const int64_t *dst,
     const int64_t scratch = max_mul(paths, num_paths);
 #pragma omp parallel num_threads(num_threads)
     {
-        float *r = (float *)malloc(sizeof(float) * scratch);
+        float *t = (float *)malloc(sizeof(float) * 2 * scratch);
+        float *r = t + scratch;
 #pragma omp for schedule(static)
         for (int64_t e = 0; e < num_edges; ++e) {
             const float *xs = xt + src[e] * x_dim;
@@ -298,16 +268,19 @@ void uvu_grad_edges(int64_t num_edges, const int64_t *src, const int64_t *dst,
                     const float *xa = xs + q[0] + a * mul;
                     const float *coef = mp + a * d_out;
                     float *gma = gm ? gm + a * d_out : NULL;
+#ifdef __AVX512F__
                     switch (d_out) {
-                        case 1: grad_row_1(mul, xa, wp, gp, coef, gma, gw); break;
-                        case 3: grad_row_3(mul, xa, wp, gp, coef, gma, gw); break;
-                        case 5: grad_row_5(mul, xa, wp, gp, coef, gma, gw); break;
-                        case 7: grad_row_7(mul, xa, wp, gp, coef, gma, gw); break;
-                        default: grad_row_any(d_out, mul, xa, wp, gp, coef, gma, gw, r);
+                        case 1: grad_row_1(mul, xa, wp, gp, coef, gma, gw); continue;
+                        case 3: grad_row_3(mul, xa, wp, gp, coef, gma, gw); continue;
+                        case 5: grad_row_5(mul, xa, wp, gp, coef, gma, gw); continue;
+                        case 7: grad_row_7(mul, xa, wp, gp, coef, gma, gw); continue;
+                        default: break;
                     }
+#endif
+                    grad_row_any(d_out, mul, xa, wp, gp, coef, gma, gw, t, r);
                 }
             }
         }
-        free(r);
+        free(t);
     }
 }
