@@ -4,9 +4,12 @@ dequantization; and its int8 backward), and oneDNN's quantized linear with a flo
 (uint8 input with one dynamic scale and zero point per tensor; the dequantization is fused).
 
     python benchmarks/int8_layer_kernels.py --threads 2
+    python benchmarks/int8_layer_kernels.py --threads 2 --sweep
 
 Prints median milliseconds (freed memory kept, as the CLI runs) and the relative error of each
-output against the float64 product of the same integer weights.
+output against the float64 product of the same integer weights. ``--sweep``: forward + backward,
+float32 against gaqtool's int8 pair, for K = 64, N = 64 / 384 / 960 and 100 to 6048 rows (where
+``gaqtool.kernels.int8``'s thresholds come from).
 """
 
 from __future__ import annotations
@@ -30,11 +33,28 @@ def _median_ms(call, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def sweep(k8, repeats: int) -> None:
+    forward, backward = k8.make_kernel(True), k8.make_kernel(True, k8.int8_grad_input)
+    print(f"forward + backward, K = 64, {torch.get_num_threads()} threads, median of {repeats} (us)")
+    for n in (64, 384, 960):
+        for rows in (100, 290, 600, 1200, 2400, 6048):
+            x, grad_y = torch.randn(rows, 64), torch.randn(rows, n)
+            weight_int = torch.randint(-127, 128, (n, 64), dtype=torch.int8)
+            scale = torch.rand(n)
+            weight = weight_int.float() * scale[:, None]
+            fp32 = _median_ms(lambda: (x @ weight.t(), grad_y @ weight), repeats) * 1e3
+            int8 = _median_ms(lambda: (forward(x, weight_int.t(), scale, None),
+                                       backward(grad_y, weight_int.contiguous(), scale)), repeats) * 1e3
+            print(f"  N {n:4d} rows {rows:5d} ({rows * 64 * n / 1e6:6.1f}M MACs): float32 {fp32:7.0f}  "
+                  f"int8 {int8:7.0f}  {fp32 / int8:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--edges", type=int, default=6048)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--sweep", action="store_true", help="break-even table of forward + backward")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
@@ -43,6 +63,9 @@ def main() -> None:
     from gaqtool.kernels import int8 as k8
 
     keep_freed_memory()
+    if args.sweep:
+        sweep(k8, args.repeats)
+        return
     edges, k, n = args.edges, 64, 960
     generator = torch.Generator().manual_seed(0)
     x = torch.nn.functional.silu(torch.randn(edges, k, generator=generator))  # a hidden layer's output

@@ -289,13 +289,16 @@ class IntegerLinear:
 
 # --- switching a model ---------------------------------------------------------------------
 
-# Measured on the 2-core AVX512-VNNI CPU (benchmarks/bench_inference.py --layers): with compiled
-# quant/dequant, the int8 GEMM beats fp32 addmm for K = N = 64 from ~600 rows and for K = 64,
-# N = 416 from ~64 rows (a fixed ~25 us per call); for K = 8 (radial basis) or K = 32, N <= 64
-# (attention, readout over atoms) the activation quantization costs more than the GEMM saves.
+# Measured on the 2-core AVX512-VNNI CPU, forward + int8 backward against the two float32 GEMMs
+# (benchmarks/int8_layer_kernels.py --sweep, 2026-12-02): K = 64, N = 960 wins from ~100 rows
+# (1.13x; 1.8-1.95x from 290), N = 384 from ~290 rows (1.14x; 1.4-2.0x from 600), while K = N = 64
+# loses up to ~5000 rows (0.26x at 290, 0.72x at 2400, 1.12x at 6048): the fixed cost of the
+# compiled quant/dequant (~150 us per call pair) outweighs so small a GEMM. For K = 8 (radial
+# basis) or K = 32, N <= 64 (attention, readout over atoms) the quantization costs more than the
+# GEMM saves too.
 MIN_IN_FEATURES = 64
-MIN_OUT_FEATURES = 64
-MIN_MACS = 2_500_000  # rows x K x N per call; e.g. 600 x 64 x 64 or 94 x 64 x 416
+MIN_OUT_FEATURES = 128
+MIN_MACS = 5_000_000  # rows x K x N per call; e.g. 200 x 64 x 384 or 80 x 64 x 960
 
 _NOT_SWITCHED = {
     "o3.Linear": "inputs are MDDQ-quantized irreps: l>0 blocks are not on an integer grid and a "
