@@ -4,6 +4,10 @@ second derivative, for every path with l <= 3 and both parities; C kernels and e
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -127,11 +131,6 @@ def test_falls_back_to_pytorch_with_a_warning_without_a_compiler(monkeypatch):
 
 def test_portable_loops_equal_e3nn_too():
     """The C kernels built without AVX-512 (the loops other CPUs run) pass the same checks."""
-    import os
-    import platform
-    import subprocess
-    import sys
-
     if native.native_library() is None:
         pytest.skip(f"C kernels unavailable here: {native.native_unavailable_reason()}")
     if platform.machine() not in ("x86_64", "AMD64"):

@@ -59,8 +59,8 @@ def _flags() -> list[str]:
 
 def _build(compiler: str) -> Path:
     """Compile the source into the cache (atomic rename; concurrent builds are harmless)."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + compiler.encode() + " ".join(_flags()).encode()
+    source, flags = SOURCE.read_bytes(), _flags()
+    key = hashlib.sha256(source + compiler.encode() + " ".join(flags).encode()
                          + _cpu_flags().encode()).hexdigest()[:16]
     target = _cache_dir() / f"uvu_native_{key}.so"
     if target.is_file():
@@ -68,7 +68,7 @@ def _build(compiler: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *_flags(), str(SOURCE), "-o", str(built), "-lm"], check=True,
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), "-lm"], check=True,
                        capture_output=True, timeout=120)
         os.replace(built, target)
     return target
