@@ -30,7 +30,9 @@ from gaqtool.quant.modules import QuantizedModule  # noqa: E402
 from gaqtool.workflow import quantize_loaded  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402
 
-ALL_LAYERS = dict(compile=False, min_in_features=1, min_out_features=1, min_macs=1)
+# every layer, whatever int8 GEMMs measure on this machine (the numerics are the same everywhere)
+ALL_LAYERS = dict(compile=False, min_in_features=1, min_out_features=1, min_macs=1,
+                  require_speedup=False)
 
 
 def fake_quant_rows(x: torch.Tensor) -> torch.Tensor:
@@ -269,6 +271,26 @@ def test_no_integer_kernel_falls_back_with_warning(models, frames, monkeypatch):
     torch.testing.assert_close(model(batch), models["w4a8"](batch), rtol=0, atol=0)
 
 
+def test_slow_integer_gemm_keeps_fake_quant_with_a_warning(models, frames, monkeypatch):
+    """Where int8 GEMMs measure slower than float32 (CPUs without VNNI), nothing is switched."""
+    monkeypatch.setattr(k8, "int_mm_speedup", lambda device: 0.07)
+    model = copy.deepcopy(models["w4a8"])
+    with pytest.warns(RuntimeWarning, match=r"0.07x float32 speed"):
+        report = k8.enable_integer_kernels(model, compile=False, min_in_features=1,
+                                           min_out_features=1, min_macs=1)
+    assert report.switched == {} and report.backend.startswith("none") and report.kept
+    batch = make_batch(frames, [0], model.cutoff)
+    torch.testing.assert_close(model(batch), models["w4a8"](batch), rtol=0, atol=0)
+    forced = k8.enable_integer_kernels(copy.deepcopy(models["w4a8"]), **ALL_LAYERS)
+    assert forced.switched          # require_speedup=False switches whatever the speed
+
+
+def test_int8_speed_probe_measures_a_positive_ratio():
+    k8.int_mm_speedup.cache_clear()
+    speedup = k8.int_mm_speedup("cpu")
+    assert 0 < speedup < 100 and k8.int_mm_speedup("cpu") == speedup   # measured once, cached
+
+
 def test_failed_compile_falls_back_to_eager_with_warning(models, frames, monkeypatch):
     def failing_compile(fn, **kwargs):
         def run(*args, **kw):
@@ -277,7 +299,8 @@ def test_failed_compile_falls_back_to_eager_with_warning(models, frames, monkeyp
 
     monkeypatch.setattr(torch, "compile", failing_compile)
     model = copy.deepcopy(models["w4a8"])
-    k8.enable_integer_kernels(model, compile=True, min_in_features=1, min_out_features=1, min_macs=1)
+    k8.enable_integer_kernels(model, compile=True, min_in_features=1, min_out_features=1, min_macs=1,
+                             require_speedup=False)
     batch = make_batch(frames, [0], model.cutoff)
     with pytest.warns(RuntimeWarning, match="torch.compile of the int8 kernel failed"):
         energy = model(batch)
@@ -288,7 +311,7 @@ def test_failed_compile_falls_back_to_eager_with_warning(models, frames, monkeyp
 
 def test_small_inputs_and_thresholds_keep_fake_quant(models, frames):
     model = copy.deepcopy(models["w4a8"])
-    report = k8.enable_integer_kernels(model, compile=False, min_macs=10**12)
+    report = k8.enable_integer_kernels(model, compile=False, min_macs=10**12, require_speedup=False)
     assert "radial.hidden.0" in " ".join(report.kept) and "K=8" in " ".join(report.kept.values())
     batch = make_batch(frames, [0], model.cutoff)
     torch.testing.assert_close(model(batch), models["w4a8"](batch), rtol=0, atol=0)
@@ -330,6 +353,7 @@ def test_bench_command_runs_on_tiny_inputs(tiny_checkpoint):
     report = data["integer_kernels"]["int8-eager"]
     assert report["kept"] and all(report["kept"].values())
     assert all("N>=128" in why for path, why in report["kept"].items() if "K=" in why)
+    assert data["int8_gemm_speedup"] > 0                 # measured, whatever this CPU does
 
     bad = CliRunner().invoke(app_module.app, ["bench", str(tiny_checkpoint), "--repeats", "0"])
     assert bad.exit_code != 0

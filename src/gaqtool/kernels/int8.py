@@ -25,6 +25,7 @@ On this CPU build ``torch._int_mm`` accepts any shape; CUDA needs M > 16 and K, 
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,7 +40,8 @@ from gaqtool.quant.float_graph import forget_float_graph
 __all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operands",
            "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
            "make_kernel", "make_kernels", "IntegerKernels", "int8_grad_input", "enable_integer_kernels", "disable_integer_kernels",
-           "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_MACS"]
+           "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_MACS",
+           "int_mm_speedup", "MIN_INT8_SPEEDUP"]
 
 QMAX = 127
 _EPS = 1e-12  # smallest row scale: an all-zero row quantizes to zeros
@@ -73,6 +75,41 @@ def _try_int_mm(m: int, k: int, n: int, device: torch.device) -> str:
     if out.dtype != torch.int32 or not torch.equal(out.cpu().long(), a.cpu().long() @ b.cpu().long()):
         return "torch._int_mm returned a wrong result"
     return ""
+
+
+# The shape of a radial-MLP output layer over a few hundred edges: (rows, K) x (K, N)
+SPEED_PROBE_SHAPE = (512, 64, 960)
+# Below this measured int8 / float32 GEMM throughput the quantization passes cannot be repaid
+# (measured on an AVX512-VNNI CPU: 3.5-5x; without VNNI this torch build's torch._int_mm ran
+# at 0.07x float32 on an AVX2 CPU, 2026-12-02)
+MIN_INT8_SPEEDUP = 1.2
+
+
+def _best_seconds(run: Callable[[], torch.Tensor], device: torch.device, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first call is a warm-up
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def int_mm_speedup(device: torch.device | str = "cpu") -> float:
+    """Measured ``torch._int_mm`` throughput over float32 ``torch.mm`` at
+    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each; about 10-50 ms, once per process).
+    Whether int8 pays depends on the CPU (VNNI, AMX) and the torch build, so it is measured."""
+    device = torch.device(device)
+    m, k, n = SPEED_PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-QMAX, QMAX + 1, (m, k), dtype=torch.int8, generator=generator).to(device)
+    b = torch.randint(-QMAX, QMAX + 1, (k, n), dtype=torch.int8, generator=generator).to(device)
+    af, bf = a.float(), b.float()
+    integer = _best_seconds(lambda: torch._int_mm(a, b), device)
+    floating = _best_seconds(lambda: torch.mm(af, bf), device)
+    return floating / integer
 
 
 def probe_int_mm(device: torch.device | str = "cpu") -> IntMMSupport:
@@ -396,8 +433,8 @@ def _activation_note(module) -> str:
 def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
                            min_in_features: int = MIN_IN_FEATURES,
                            min_out_features: int = MIN_OUT_FEATURES, min_macs: int = MIN_MACS,
-                           contiguous_weight: bool = False, integer_backward: bool = True
-                           ) -> IntegerKernelReport:
+                           contiguous_weight: bool = False, integer_backward: bool = True,
+                           require_speedup: bool = True) -> IntegerKernelReport:
     """Switch eligible ``QuantizedModule`` wrappers of ``model`` to int8 GEMMs, in place.
 
     Eligible: dense-layer wrappers (``DENSE_KINDS``) with per-output-channel (or per-tensor) weight scales and
@@ -408,7 +445,10 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     of a transposed view of the stored (N, K) int8 weight (measured: no faster).
     integer_backward: the gradient to the layer's input (forces) by an int8 GEMM too, its rows
     quantized like activations (:func:`int8_grad_input`); else the float product.
-    If ``torch._int_mm`` does not run here, nothing is switched and a warning is issued.
+    If ``torch._int_mm`` does not run here, or (with ``require_speedup``) its measured speed
+    (:func:`int_mm_speedup`) is below :data:`MIN_INT8_SPEEDUP` times float32's, nothing is
+    switched and a warning is issued: the model keeps its fake-quant path, which is no slower.
+    ``require_speedup=False`` switches anyway (numerics studies, tests).
     """
     device = next(iter(model.buffers()), torch.empty(0)).device
     support = probe_int_mm(device)
@@ -418,6 +458,14 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
                    "the model keeps fake quantization")
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return IntegerKernelReport("none (fake quantization)", {},
+                                   {p: message for p, _ in wrappers}, [message])
+    speedup = int_mm_speedup(device) if require_speedup else None
+    if speedup is not None and speedup < MIN_INT8_SPEEDUP:
+        message = (f"int8 GEMMs run at {speedup:.2g}x float32 speed on this machine (below "
+                   f"{MIN_INT8_SPEEDUP}x; CPUs with AVX512-VNNI, AVX-VNNI or AMX are faster); the "
+                   "model keeps fake quantization")
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return IntegerKernelReport("none (int8 slower than float32 here)", {},
                                    {p: message for p, _ in wrappers}, [message])
     kernels = make_kernels(compile, integer_backward)
     backend = ("torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant"
