@@ -23,11 +23,14 @@ from gaqtool.io.loading import load_model
 from gaqtool.metrics.accuracy import predict
 model = load_model(None).model                      # the embedded model, 8 aspirins per call
 frames = resolve_data("rmd17:aspirin", "test").frames.subset(range(8))
-for _ in range(2):
+for _ in range(3):
     predict(model, frames, batch_size=8)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-predict(model, frames, batch_size=8)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = []
+for _ in range(3):  # the fewest of three calls: the heap may still grow once after warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    predict(model, frames, batch_size=8)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults))
 """
 
 
@@ -41,7 +44,7 @@ def _page_faults(mode: str) -> int:
 def test_freed_memory_is_reused_across_calls():
     default, kept = _page_faults("default"), _page_faults("keep")
     assert default > 5000            # measured 15k-49k fresh 4 KiB pages per call by default
-    assert kept < default / 10       # measured 4-5
+    assert kept < default / 10       # measured 1-5 (one call in three may still grow the heap)
 
 
 def test_keep_freed_memory_is_idempotent():
