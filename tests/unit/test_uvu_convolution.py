@@ -129,15 +129,17 @@ def test_falls_back_to_pytorch_with_a_warning_without_a_compiler(monkeypatch):
         native.native_library.cache_clear()
 
 
-def test_portable_loops_equal_e3nn_too():
-    """The C kernels built without AVX-512 (the loops other CPUs run) pass the same checks."""
+@pytest.mark.parametrize("flags", ["-mno-avx512f", "-mno-avx512f -mno-avx2"], ids=["avx2", "portable"])
+def test_other_builds_equal_e3nn_too(flags):
+    """The C kernels as other CPUs build them pass the same checks: 8-lane AVX2 intrinsics
+    (``-mno-avx512f`` on an AVX-512 machine) and the portable loops (neither)."""
     if native.native_library() is None:
         pytest.skip(f"C kernels unavailable here: {native.native_unavailable_reason()}")
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("-mno-avx512f is an x86 flag")
-    env = dict(os.environ, GAQTOOL_KERNEL_FLAGS="-mno-avx512f")
+    env = dict(os.environ, GAQTOOL_KERNEL_FLAGS=flags)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                             "-k", "c-kernels and not portable"], env=env, capture_output=True,
+                             "-k", "c-kernels and not other_builds"], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]

@@ -16,9 +16,9 @@
  * sender (gradient of the node features) and gives CSR row pointers; each thread owns whole
  * output rows.
  *
- * Where the compiler targets AVX-512 (-march=native on such a CPU), the loops over channels u
- * take 16 at a time with intrinsics (a masked load for the rest), and the small [2l+1] blocks of
- * a path are held in registers: each output row is read and written once per block of 16
+ * Where the compiler targets AVX-512 or AVX2 + FMA (-march=native on such a CPU), the loops over
+ * channels u take 16 or 8 at a time with intrinsics (masked for the rest), and the small [2l+1]
+ * blocks of a path are held in registers: each output row is read and written once per block of
  * channels, and the dot products of the gradient of M run as independent accumulators. Other
  * CPUs, and blocks with 2l+1 > 7, take the portable loops.
  */
@@ -28,27 +28,64 @@
 
 #define PATH_FIELDS 7
 
-#ifdef __AVX512F__
+/* One SIMD vocabulary for the blocked loops: 16 lanes (AVX-512) or 8 (AVX2 + FMA). n is the
+ * number of channels left from p; loads past it read zeros and stores past it write nothing. */
+#if defined(__AVX512F__)
 #include <immintrin.h>
-#define MAX_D 7 /* 2l + 1 for l <= 3: larger blocks take the portable loops */
-
-static inline __mmask16 lanes(int remaining) {
-    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
+#define VLEN 16
+typedef __m512 vec;
+static inline __mmask16 lanes(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
 }
+static inline vec vload(const float *p, int n) { return _mm512_maskz_loadu_ps(lanes(n), p); }
+static inline void vstore(float *p, int n, vec v) { _mm512_mask_storeu_ps(p, lanes(n), v); }
+static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+#define vzero _mm512_setzero_ps
+#define vset1 _mm512_set1_ps
+#define vmul _mm512_mul_ps
+#define vfmadd _mm512_fmadd_ps
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VLEN 8
+typedef __m256 vec;
+static inline __m256i lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+/* full blocks take plain loads and stores: masked stores are slow on several AVX2 cores */
+static inline vec vload(const float *p, int n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(n));
+}
+static inline void vstore(float *p, int n, vec v) {
+    if (n >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, lanes(n), v);
+}
+static inline float vsum(vec v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+#define vzero _mm256_setzero_ps
+#define vset1 _mm256_set1_ps
+#define vmul _mm256_mul_ps
+#define vfmadd _mm256_fmadd_ps
+#endif
+
+#ifdef VLEN
+#define MAX_D 7 /* 2l + 1 for l <= 3: larger blocks take the portable loops */
 
 /* out[c][u] += sum_a M[a, c] w[u] x[a][u] for one edge and path, 16 channels at a time: each
  * output row is loaded and stored once per block instead of once per input row. */
 static void message_block(int mul, int d_in, int d_out, const float *x, const float *w,
                           const float *mp, float *out) {
-    __m512 t[MAX_D];
-    for (int u0 = 0; u0 < mul; u0 += 16) {
-        const __mmask16 k = lanes(mul - u0);
-        const __m512 wv = _mm512_maskz_loadu_ps(k, w + u0);
-        for (int a = 0; a < d_in; ++a) t[a] = _mm512_mul_ps(wv, _mm512_maskz_loadu_ps(k, x + a * mul + u0));
+    vec t[MAX_D];
+    for (int u0 = 0; u0 < mul; u0 += VLEN) {
+        const int n = mul - u0;
+        const vec wv = vload(w + u0, n);
+        for (int a = 0; a < d_in; ++a) t[a] = vmul(wv, vload(x + a * mul + u0, n));
         for (int c = 0; c < d_out; ++c) {
-            __m512 o = _mm512_maskz_loadu_ps(k, out + c * mul + u0);
-            for (int a = 0; a < d_in; ++a) o = _mm512_fmadd_ps(_mm512_set1_ps(mp[a * d_out + c]), t[a], o);
-            _mm512_mask_storeu_ps(out + c * mul + u0, k, o);
+            vec o = vload(out + c * mul + u0, n);
+            for (int a = 0; a < d_in; ++a) o = vfmadd(vset1(mp[a * d_out + c]), t[a], o);
+            vstore(out + c * mul + u0, n, o);
         }
     }
 }
@@ -56,16 +93,16 @@ static void message_block(int mul, int d_in, int d_out, const float *x, const fl
 /* gx[a][u] += w[u] sum_c M[a, c] g[c][u] for one edge and path, 16 channels at a time. */
 static void node_grad_block(int mul, int d_in, int d_out, const float *g, const float *w,
                             const float *mp, float *gx) {
-    __m512 gv[MAX_D];
-    for (int u0 = 0; u0 < mul; u0 += 16) {
-        const __mmask16 k = lanes(mul - u0);
-        const __m512 wv = _mm512_maskz_loadu_ps(k, w + u0);
-        for (int c = 0; c < d_out; ++c) gv[c] = _mm512_maskz_loadu_ps(k, g + c * mul + u0);
+    vec gv[MAX_D];
+    for (int u0 = 0; u0 < mul; u0 += VLEN) {
+        const int n = mul - u0;
+        const vec wv = vload(w + u0, n);
+        for (int c = 0; c < d_out; ++c) gv[c] = vload(g + c * mul + u0, n);
         for (int a = 0; a < d_in; ++a) {
-            __m512 r = _mm512_setzero_ps();
-            for (int c = 0; c < d_out; ++c) r = _mm512_fmadd_ps(_mm512_set1_ps(mp[a * d_out + c]), gv[c], r);
+            vec r = vzero();
+            for (int c = 0; c < d_out; ++c) r = vfmadd(vset1(mp[a * d_out + c]), gv[c], r);
             float *ga = gx + a * mul + u0;
-            _mm512_mask_storeu_ps(ga, k, _mm512_fmadd_ps(wv, r, _mm512_maskz_loadu_ps(k, ga)));
+            vstore(ga, n, vfmadd(wv, r, vload(ga, n)));
         }
     }
 }
@@ -100,7 +137,7 @@ void uvu_forward(int64_t num_nodes, const int64_t *rowptr, const int64_t *order,
                     const int mul = q[1], d_in = q[2], d_out = q[3];
                     const float *mp = me + q[5];
                     const float *wp = we + q[6];
-#ifdef __AVX512F__
+#ifdef VLEN
                     if (d_in <= MAX_D && d_out <= MAX_D) {
                         message_block(mul, d_in, d_out, xs + q[0], wp, mp, acc + q[4]);
                         continue;
@@ -147,7 +184,7 @@ void uvu_grad_nodes(int64_t num_nodes, const int64_t *rowptr, const int64_t *ord
                     const int mul = q[1], d_in = q[2], d_out = q[3];
                     const float *mp = me + q[5];
                     const float *wp = we + q[6];
-#ifdef __AVX512F__
+#ifdef VLEN
                     if (d_in <= MAX_D && d_out <= MAX_D) {
                         node_grad_block(mul, d_in, d_out, g + q[4], wp, mp, acc + q[0]);
                         continue;
@@ -177,30 +214,27 @@ void uvu_grad_nodes(int64_t num_nodes, const int64_t *rowptr, const int64_t *ord
  *   gw[u] += x[u] * sum_c coef[c] g_c[u]         (NULL: not wanted)
  * The u loop runs in blocks of 16 with D independent vector accumulators, so the dot
  * products are throughput-bound rather than bound by the latency of one reduction chain. */
-#ifdef __AVX512F__
+#ifdef VLEN
 #define ROW_KERNEL(D)                                                                          \
     static void grad_row_##D(int mul, const float *restrict x, const float *restrict w,       \
                              const float *restrict g, const float *restrict coef,             \
                              float *restrict gm, float *restrict gw) {                        \
-        __m512 acc[D];                                                                         \
-        for (int c = 0; c < D; ++c) acc[c] = _mm512_setzero_ps();                              \
-        for (int u0 = 0; u0 < mul; u0 += 16) {                                                 \
-            const __mmask16 k = lanes(mul - u0);                                               \
-            const __m512 xv = _mm512_maskz_loadu_ps(k, x + u0);                                \
-            const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + u0), xv);              \
-            __m512 r = _mm512_setzero_ps();                                                    \
+        vec acc[D];                                                                            \
+        for (int c = 0; c < D; ++c) acc[c] = vzero();                                          \
+        for (int u0 = 0; u0 < mul; u0 += VLEN) {                                               \
+            const int n = mul - u0;                                                            \
+            const vec xv = vload(x + u0, n);                                                   \
+            const vec t = vmul(vload(w + u0, n), xv);                                          \
+            vec r = vzero();                                                                   \
             for (int c = 0; c < D; ++c) {                                                      \
-                const __m512 gc = _mm512_maskz_loadu_ps(k, g + c * mul + u0);                  \
-                acc[c] = _mm512_fmadd_ps(t, gc, acc[c]);                                       \
-                r = _mm512_fmadd_ps(_mm512_set1_ps(coef[c]), gc, r);                           \
+                const vec gc = vload(g + c * mul + u0, n);                                     \
+                acc[c] = vfmadd(t, gc, acc[c]);                                                \
+                r = vfmadd(vset1(coef[c]), gc, r);                                             \
             }                                                                                  \
-            if (gw) {                                                                          \
-                const __m512 old = _mm512_maskz_loadu_ps(k, gw + u0);                          \
-                _mm512_mask_storeu_ps(gw + u0, k, _mm512_fmadd_ps(xv, r, old));                \
-            }                                                                                  \
+            if (gw) vstore(gw + u0, n, vfmadd(xv, r, vload(gw + u0, n)));                      \
         }                                                                                      \
         if (gm)                                                                                \
-            for (int c = 0; c < D; ++c) gm[c] = _mm512_reduce_add_ps(acc[c]);                  \
+            for (int c = 0; c < D; ++c) gm[c] = vsum(acc[c]);                                  \
     }
 ROW_KERNEL(1)
 ROW_KERNEL(3)
@@ -268,7 +302,7 @@ void uvu_grad_edges(int64_t num_edges, const int64_t *src, const int64_t *dst,
                     const float *xa = xs + q[0] + a * mul;
                     const float *coef = mp + a * d_out;
                     float *gma = gm ? gm + a * d_out : NULL;
-#ifdef __AVX512F__
+#ifdef VLEN
                     switch (d_out) {
                         case 1: grad_row_1(mul, xa, wp, gp, coef, gma, gw); continue;
                         case 3: grad_row_3(mul, xa, wp, gp, coef, gma, gw); continue;
