@@ -199,6 +199,29 @@ def test_data_of_another_molecule_and_clamped_counts_are_warned_about(cli, tiny_
     assert "warning" not in same.stderr
 
 
+def test_elements_absent_from_calibration_are_warned_about(cli, tiny_checkpoint, tmp_path):
+    """Calibrated on frames without oxygen, evaluated on aspirin: quantize and eval both say so."""
+    data = dict(np.load(sample_path("train")))
+    keep = data["nuclear_charges"] != 8
+    no_oxygen = tmp_path / "no_oxygen.npz"
+    np.savez(no_oxygen, nuclear_charges=data["nuclear_charges"][keep], coords=data["coords"][:3][:, keep],
+             energies=data["energies"][:3], forces=data["forces"][:3][:, keep])
+    out = tmp_path / "q.safetensors"
+    result = cli("quantize", tiny_checkpoint, "-o", out, "--calib-data", no_oxygen, "--eval-frames", "2",
+                 "--lee-frames", "1", "--lee-rotations", "1", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    warning = "2 of 2 structures hold elements absent from the calibration structures (O)"
+    assert f"warning: evaluation data: {warning}" in " ".join(result.stderr.split())
+    evaluated = cli("eval", out, "--frames", "2", "--threads", "1")
+    assert evaluated.exit_code == 0 and warning in " ".join(evaluated.stderr.split())
+    lee = cli("lee-check", out, "--frames", "1", "--rotations", "1", "--threads", "1")
+    assert lee.exit_code == 0 and "1 of 1 structures hold elements absent" in " ".join(lee.stderr.split())
+    md = cli("md", out, "--steps", "2", "--log-every", "1", "--threads", "1")
+    assert md.exit_code == 0 and "1 of 1 structures hold elements absent" in " ".join(md.stderr.split())
+    covered = cli("eval", out, "--data", no_oxygen, "--frames", "2", "--threads", "1")
+    assert "absent from the calibration" not in covered.stderr
+
+
 def test_same_inputs_give_the_same_bytes_and_the_report_fits_80_columns(tiny_checkpoint, tmp_path):
     """Two runs of the real command line (separate processes)."""
     env = dict(os.environ, COLUMNS="80", PYTHONPATH=str(SRC))

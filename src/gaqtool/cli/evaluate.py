@@ -23,7 +23,7 @@ from gaqtool.cli.parents import display_name, fp32_reference, recorded_modal
 from gaqtool.cli.options import (DeviceOption, E3nnConvolutionOption, ForceModeOverrideOption, JsonOption,
                                  ModalOption, Rmd17DirOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.data.frames import Frames
-from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data
+from gaqtool.data.spec import check_spec, composition_mismatch, default_spec, resolve_data, uncalibrated_elements
 from gaqtool.errors import InputError
 from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import KINDS, offset_note, reference_mismatch
@@ -58,6 +58,15 @@ def check_elements(loaded: LoadedModel, frames: Frames, data: str) -> None:
 
     for k, numbers in enumerate(frames.numbers):
         check_species(numbers, loaded.model.species, display_name(loaded), f"frame {k} of {data}")
+
+
+def warn_if_uncalibrated(loaded: LoadedModel, numbers) -> None:
+    """One warning when a quantized file meets elements its calibration structures lacked
+    (``numbers``: atomic numbers per structure)."""
+    calibrated = loaded.info.get("report", {}).get("calibration", {}).get("elements")
+    gap = uncalibrated_elements(calibrated, numbers) if loaded.kind == "quantized" else None
+    if gap:
+        warn(f"{display_name(loaded)}: {gap}")
 
 
 # ------------------------------------------------------------------------------- frame errors
@@ -255,6 +264,7 @@ def evaluate(
     if mismatch:
         warn(mismatch)
     check_elements(loaded, frames, spec)
+    warn_if_uncalibrated(loaded, frames.numbers)
     labelled = _labelled(frames)
     with_labels = [int(i) for i in np.nonzero(labelled)[0]]
     without = [int(i) for i in np.nonzero(~labelled)[0]]

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import clamped_count, console, log, print_json, progress, warn
-from gaqtool.cli.evaluate import check_elements
+from gaqtool.cli.evaluate import check_elements, warn_if_uncalibrated
 from gaqtool.cli.parents import display_name, explicit_parent, recorded_parent
 from gaqtool.cli.options import (E3nnConvolutionOption, ForceModeOverrideOption, JsonOption, ModalOption,
                                  Rmd17DirOption, SeedOption, ThreadsOption, TrustPickleOption, use_threads)
@@ -201,6 +201,7 @@ def _measure(rows, data, rmd17_dir, num_frames, rotations, seed, localize, json_
         loaded: LoadedModel = row["model"]
         row["frames"], _ = _frames_for(loaded.molecule, data, rmd17_dir, num_frames, cache, notes)
         check_elements(loaded, row["frames"], data)
+        warn_if_uncalibrated(loaded, row["frames"].numbers)
     total = len(rows) * rotations + (sum(r["argument"] for r in rows) * rotations if localize else 0)
     with progress(json_output) as bar:
         task = bar.add_task("LEE", total=total, info="")

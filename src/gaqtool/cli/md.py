@@ -13,6 +13,7 @@ from rich.table import Table
 from gaqtool.cli.app import app
 from gaqtool.cli.console import console, log, print_json, progress
 from gaqtool.cli.parents import display_name
+from gaqtool.cli.evaluate import warn_if_uncalibrated
 from gaqtool.cli.lee import load_models
 from gaqtool.cli.options import (E3nnConvolutionOption, JsonOption, ModalOption, Rmd17DirOption, SeedOption,
                                  ThreadsOption, TrustPickleOption, use_threads)
@@ -179,6 +180,8 @@ def md(
     loaded: list[LoadedModel] = load_models(list(models or [None]), trust_pickle, force_mode, modal,
                                             e3nn_convolution)
     begin = _start_structure(structure, data, frame, rmd17_dir, loaded[0].molecule)
+    for model in loaded:
+        warn_if_uncalibrated(model, [begin.numbers])
     settings = MDSettings(temperature_k=temperature, timestep_fs=timestep, steps=steps,
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
     start = initial_state(begin.numbers, begin.positions, temperature, seed, begin.cell, begin.pbc)

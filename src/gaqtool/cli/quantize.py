@@ -17,7 +17,8 @@ from gaqtool.cli.options import (DeviceOption, E3nnConvolutionOption, JsonOption
                                  SeedOption, ThreadsOption, TrustPickleOption, use_threads)
 from gaqtool.config import (DirectionMode, ForceMode, Method, ObserverKind, QATTargets, QuantConfig, WeightClip,
                             WeightRounding)
-from gaqtool.data.spec import UNIVERSAL, check_spec, composition_mismatch, default_spec, resolve_data
+from gaqtool.data.spec import (UNIVERSAL, check_spec, composition_mismatch, default_spec, element_symbols,
+                               resolve_data, uncalibrated_elements)
 from gaqtool.errors import DataError, InputError
 from gaqtool.io.atomic import atomic_write, check_writable
 from gaqtool.report import render_quantize_report
@@ -211,7 +212,7 @@ def quantize(
     from gaqtool.qat import QATOptions
     from gaqtool.quant.bitmap import bit_map
     from gaqtool.quant.mixed_precision import search_bit_map
-    from gaqtool.workflow import (FORCE_MODE_NOTE, evaluate_pair, quantize_loaded, size_summary,
+    from gaqtool.workflow import (FORCE_MODE_NOTE, calibration_subset, evaluate_pair, quantize_loaded, size_summary,
                                   write_quantized)
 
     threads = use_threads(threads)
@@ -238,6 +239,10 @@ def quantize(
         mismatch = selection is not None and composition_mismatch(selection.frames, molecule)
         if mismatch:
             warn(f"{role} data: {mismatch}")
+    calibrated = element_symbols(calibration_subset(config, calib.frames).numbers)
+    gap = uncalibrated_elements(calibrated, eval_set.numbers)
+    if gap:
+        warn(f"evaluation data: {gap}")
     validation = (_validation_data(val_data, calib_data or default_spec(molecule), rmd17_dir, molecule,
                                    calib.frames, config, eval_set, val_frames) if budget else None)
     if not json_output:
@@ -273,7 +278,7 @@ def quantize(
         "bits": config.bits_label, "method": config.method.value, "config": config.to_dict(),
         "source": {"path": str(loaded.path), "kind": loaded.kind, "name": loaded.info.get("source"),
                    "modal": modal},
-        "calibration": {"frames": n_calib, "data": calib.description},
+        "calibration": {"frames": n_calib, "data": calib.description, "elements": calibrated},
         "evaluation": {"frames": len(eval_set), "data": evaluation.description},
         **metrics,
         "size": size_summary(loaded, quantized),

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -32,6 +33,8 @@ __all__ = [
     "UNIVERSAL",
     "check_spec",
     "composition_mismatch",
+    "element_symbols",
+    "uncalibrated_elements",
 ]
 
 UNIVERSAL = "universal"
@@ -156,6 +159,31 @@ def composition_mismatch(frames: Frames, molecule: str | None) -> str | None:
                       for z, n in sorted(expected.items(), key=lambda i: (i[0] != 6, i[0])))  # C first
     return (f"{differing} of {len(frames)} frames are not {molecule} ({formula}), the molecule the model "
             "was fitted to: its energies and forces there are not meaningful")
+
+
+def element_symbols(numbers: Sequence[np.ndarray]) -> list[str]:
+    """The chemical symbols in ``numbers`` (per structure, atomic numbers, e.g.
+    ``Frames.numbers``), in order of atomic number."""
+    from ase.data import chemical_symbols
+
+    present = np.unique(np.concatenate([np.asarray(n) for n in numbers])) if len(numbers) else []
+    return [chemical_symbols[int(z)] for z in present]
+
+
+def uncalibrated_elements(calibrated: list[str] | None, numbers: Sequence[np.ndarray]) -> str | None:
+    """A warning when the structures ``numbers`` hold elements that the calibration structures
+    (their symbols, ``calibrated``) did not: activation grids and error-compensating weight
+    rounding were fitted without them, so errors there can be far larger. None if every
+    element is covered, or if ``calibrated`` is unknown (files written before it was recorded)."""
+    if not calibrated or not len(numbers):
+        return None
+    missing = [s for s in element_symbols(numbers) if s not in set(calibrated)]
+    if not missing:
+        return None
+    affected = sum(bool(set(element_symbols([n])) & set(missing)) for n in numbers)
+    return (f"{affected} of {len(numbers)} structures hold elements absent from the calibration "
+            f"structures ({', '.join(missing)}): the quantized model was calibrated without them, "
+            "so expect larger errors there (calibrate with --calib-data that covers them)")
 
 
 def default_spec(molecule: str | None) -> str:
