@@ -11,6 +11,7 @@ This module is ``gaqtool.ase``; the imports below are absolute, so ``ase`` is th
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from gaqtool.allocator import keep_freed_memory
 from gaqtool.config import ForceMode
 from gaqtool.data.graph import Batch, structures_batch
+from gaqtool.data.spec import uncalibrated_elements
 from gaqtool.io.loading import LoadedModel, load_model
 from gaqtool.potential import check_species
 from gaqtool.quant.apply import dynamics_prediction, set_force_mode
@@ -78,6 +80,8 @@ class GAQCalculator(Calculator):
                  quantized_energy: bool = False, threads: int | None = None,
                  e3nn_convolution: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.calibrated_elements: list[str] | None = None  # a quantized file's, where it records them
+        self._uncalibrated_warned: set[str] = set()
         self.threads = configure_threads(threads)
         keep_freed_memory()
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
@@ -89,6 +93,8 @@ class GAQCalculator(Calculator):
                       if from_file else path_or_model)
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
+            report = loaded.info.get("report", {}) if loaded.kind == "quantized" else {}
+            self.calibrated_elements = report.get("calibration", {}).get("elements")
         if force_mode is not None and not from_file:  # load_model has applied it to files
             set_force_mode(self.model, force_mode)
         self.quantized_energy = bool(quantized_energy)
@@ -98,8 +104,13 @@ class GAQCalculator(Calculator):
         self.species = [int(z) for z in self.model.species]
 
     def check_atoms(self, atoms) -> None:
-        """Raise ``UnknownElementError`` (a ValueError) for elements outside the model's species."""
+        """Raise ``UnknownElementError`` (a ValueError) for elements outside the model's species;
+        warn (once per message) for elements a quantized file's calibration structures lacked."""
         check_species(atoms.numbers, self.species, self.model_name)
+        gap = uncalibrated_elements(self.calibrated_elements, [np.asarray(atoms.numbers)])
+        if gap and gap not in self._uncalibrated_warned:
+            self._uncalibrated_warned.add(gap)
+            warnings.warn(f"{self.model_name}: {gap}", UserWarning, stacklevel=3)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

@@ -42,7 +42,10 @@ def files(tmp_path_factory, frames):
     config = QuantConfig.from_preset("w4a8", method="naive", calib_frames=2)
     quantized, plan = quantize_loaded(model, config, frames)
     naive = save_quantized(directory / "tiny_naive.safetensors", quantized, config, plan, file_sha256(fp32))
-    return {"fp32": fp32, "naive": naive}
+    # the same file, recording calibration structures with hydrogen and carbon only
+    calibrated_hc = save_quantized(directory / "tiny_naive_hc.safetensors", quantized, config, plan,
+                                   file_sha256(fp32), {"calibration": {"frames": 2, "elements": ["H", "C"]}})
+    return {"fp32": fp32, "naive": naive, "calibrated_hc": calibrated_hc}
 
 
 def _atoms(frames, k: int = 0) -> Atoms:
@@ -112,6 +115,29 @@ def test_unknown_element_is_a_clear_error(files):
         atoms.get_potential_energy()
     assert isinstance(info.value, ValueError)   # what ASE users catch for a bad structure
     assert "H, C, O" in info.value.hint
+
+
+def test_elements_absent_from_calibration_are_warned_about_once(files, frames):
+    import warnings
+
+    from gaqtool.ase import GAQCalculator
+
+    recorded = files["calibrated_hc"]
+    atoms = _atoms(frames)
+    atoms.calc = GAQCalculator(recorded)
+    with pytest.warns(UserWarning, match=r"absent from the calibration structures \(O\)"):
+        atoms.get_potential_energy()
+    atoms.positions[0, 0] += 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # once, not at every MD step
+        atoms.get_potential_energy()
+        methane = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                                          [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+        methane.calc = GAQCalculator(recorded)
+        methane.get_potential_energy()          # covered: no warning
+        unrecorded = _atoms(frames)
+        unrecorded.calc = GAQCalculator(files["naive"])
+        unrecorded.get_potential_energy()       # a file without the record: nothing to say
 
 
 def test_periodic_cell_forces_and_stress_are_derivatives_of_the_energy(files):
