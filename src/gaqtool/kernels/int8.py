@@ -41,7 +41,7 @@ __all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operand
            "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
            "make_kernel", "make_kernels", "IntegerKernels", "int8_grad_input", "enable_integer_kernels", "disable_integer_kernels",
            "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_MACS",
-           "int_mm_speedup", "MIN_INT8_SPEEDUP"]
+           "int_mm_speedup", "MIN_INT8_SPEEDUP", "SPEED_PROBE_SHAPE"]
 
 QMAX = 127
 _EPS = 1e-12  # smallest row scale: an all-zero row quantizes to zeros
@@ -81,7 +81,7 @@ def _try_int_mm(m: int, k: int, n: int, device: torch.device) -> str:
 SPEED_PROBE_SHAPE = (512, 64, 960)
 # Below this measured int8 / float32 GEMM throughput the quantization passes cannot be repaid
 # (measured on an AVX512-VNNI CPU: 3.5-5x; without VNNI this torch build's torch._int_mm ran
-# at 0.07x float32 on an AVX2 CPU, 2026-12-02)
+# at 0.02-0.07x float32 on an AVX2 CPU, 2026-12-02)
 MIN_INT8_SPEEDUP = 1.2
 
 
