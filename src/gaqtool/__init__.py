@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 _PUBLIC = {"QuantConfig": "gaqtool.config", "load": "gaqtool.io.loading",
            "quantize_model": "gaqtool.quant.apply"}

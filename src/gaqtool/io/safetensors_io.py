@@ -38,7 +38,8 @@ __all__ = ["FORMAT_VERSION", "save_quantized", "load_quantized", "read_header", 
 # Format changelog:
 #   1 (gaqtool 0.1): packed weights + scales + shapes, activation scales as plain tensors.
 #     Header additions inside version 1 are listed in docs/FORMAT.md by gaqtool version (0.3.0:
-#     per-module / per-grid bit overrides in the quant config, input_bits in the plan).
+#     per-module / per-grid bit overrides in the quant config, input_bits in the plan; 0.3.1:
+#     the calibration structures' elements in the report).
 FORMAT_VERSION = "1"
 # buffers rebuilt from the model config, not stored: e3nn output masks, and the constants of
 # e3nn's generated (torch.fx) tensor-product code, which a deep copy turns into state-dict entries
