@@ -5,6 +5,7 @@ same bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -220,6 +221,20 @@ def test_elements_absent_from_calibration_are_warned_about(cli, tiny_checkpoint,
     assert md.exit_code == 0 and "1 of 1 structures hold elements absent" in " ".join(md.stderr.split())
     covered = cli("eval", out, "--data", no_oxygen, "--frames", "2", "--threads", "1")
     assert "absent from the calibration" not in covered.stderr
+
+
+def test_brackets_in_messages_are_printed_not_taken_for_markup(cli, tiny_checkpoint, tmp_path):
+    """Paths and hints such as pip install "gaqtool[sevenn]" keep their brackets (rich markup)."""
+    missing = tmp_path / "run[1]" / "frames.extxyz"
+    result = cli("eval", tiny_checkpoint, "--data", missing)
+    assert result.exit_code == 1 and f"{missing}: data file not found" in " ".join(result.stderr.split())
+    from gaqtool.backends.sevenn import INSTALL_HINT
+    from gaqtool.cli.app import _print_error
+    from gaqtool.errors import InputError
+
+    with contextlib.redirect_stderr(io.StringIO()) as captured:
+        _print_error(InputError("the SevenNet backend needs the sevenn package", hint=INSTALL_HINT), False)
+    assert 'pip install "gaqtool[sevenn]"' in captured.getvalue()
 
 
 def test_same_inputs_give_the_same_bytes_and_the_report_fits_80_columns(tiny_checkpoint, tmp_path):

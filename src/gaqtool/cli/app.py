@@ -7,6 +7,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 from typer._click.exceptions import ClickException  # Typer's own copy of click
 
 from gaqtool import __version__
@@ -50,9 +51,11 @@ def _print_error(exc: GaqtoolError, json_document: bool = True) -> None:
     if json_document and "--json" in sys.argv:
         sys.stdout.write(json.dumps({"error": {"code": type(exc).__name__, "message": exc.message,
                                                "hint": exc.hint}}) + "\n")
-    log.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    # escaped: messages hold paths, patterns and hints like pip install "gaqtool[sevenn]",
+    # whose brackets rich would take for markup
+    log.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        log.print(f"[bold]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        log.print(f"[bold]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

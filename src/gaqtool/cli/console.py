@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -25,7 +26,7 @@ log = Console(stderr=True)  # progress, notes, warnings, errors: stderr
 
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr."""
-    log.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    log.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def clamped_count(option: str, asked: int, available: int, what: str, default: int | None = None) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gaqtool.cli.app import app
@@ -279,7 +280,7 @@ def evaluate(
         if parent is not None:
             check_elements(parent, frames.subset(without), spec)
     if not json_output:
-        log.print(f"[dim]{note}[/]", highlight=False)
+        log.print(f"[dim]{escape(note)}[/]", highlight=False)
     with progress(json_output) as bar:
         total = len(frames) + (len(without) if parent is not None else 0)
         task = bar.add_task("evaluating", total=total, info=loaded.label)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gaqtool.cli.app import app
@@ -269,7 +270,7 @@ def lee_check(
                     "threshold_mev_a": threshold, "exceeded": [r["path"] for r in exceeded]})
     else:
         for note in notes:
-            log.print(f"[dim]{note}[/]", highlight=False)
+            log.print(f"[dim]{escape(note)}[/]", highlight=False)
         _render(rows, top, localize)
     if exceeded:
         for r in exceeded:

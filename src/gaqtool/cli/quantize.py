@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
+from rich.markup import escape
 
 from gaqtool.cli.app import app
 from gaqtool.cli.console import (clamped_count, console, log, print_json, progress, progress_enabled,
@@ -246,8 +247,8 @@ def quantize(
     validation = (_validation_data(val_data, calib_data or default_spec(molecule), rmd17_dir, molecule,
                                    calib.frames, config, eval_set, val_frames) if budget else None)
     if not json_output:
-        log.print(f"[dim]calibration: {calib.note}\nevaluation: {evaluation.note}[/]"
-                  + (f"\n[dim]validation: {validation.note}[/]" if validation else ""), highlight=False)
+        log.print(f"[dim]calibration: {escape(calib.note)}\nevaluation: {escape(evaluation.note)}[/]"
+                  + (f"\n[dim]validation: {escape(validation.note)}[/]" if validation else ""), highlight=False)
     qat_summary = search = None
     with progress(json_output) as bar:
         if budget:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gaqtool.architecture import DEFAULT_CONFIG
@@ -81,7 +82,7 @@ def train(
     val_sel = resolve_data(data, "val", rmd17_dir)
     test_sel = resolve_data(data, "test", rmd17_dir) if data.startswith("rmd17") else None
     if not json_output:
-        log.print(f"[dim]{train_sel.note}[/]")
+        log.print(f"[dim]{escape(train_sel.note)}[/]")
     train_frames = train_sel.frames
     if train_frames_limit:
         train_frames = train_frames.subset(range(min(train_frames_limit, len(train_frames))))
