@@ -70,6 +70,9 @@ class GAQCalculator(Calculator):
                    (``gaqtool.allocator.keep_freed_memory``, process-wide).
     e3nn_convolution: for a model file, keep e3nn's tensor products instead of gaqtool's fused
                    convolution (SevenNet; see ``gaqtool.io.loading.load_model``).
+    warn_uncalibrated: warn (once per message) when a structure holds elements that a quantized
+                   file's calibration structures lacked (``gaqtool md`` says so itself and
+                   turns this off).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
@@ -78,10 +81,11 @@ class GAQCalculator(Calculator):
                  device: str = "cpu", trust_pickle: bool = False,
                  force_mode: ForceMode | str | None = ForceMode.CONSERVATIVE,
                  quantized_energy: bool = False, threads: int | None = None,
-                 e3nn_convolution: bool = False, **kwargs):
+                 e3nn_convolution: bool = False, warn_uncalibrated: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.calibrated_elements: list[str] | None = None  # a quantized file's, where it records them
         self._uncalibrated_warned: set[str] = set()
+        self.warn_uncalibrated = bool(warn_uncalibrated)
         self.threads = configure_threads(threads)
         keep_freed_memory()
         from_file = not isinstance(path_or_model, (torch.nn.Module, LoadedModel))
@@ -107,7 +111,8 @@ class GAQCalculator(Calculator):
         """Raise ``UnknownElementError`` (a ValueError) for elements outside the model's species;
         warn (once per message) for elements a quantized file's calibration structures lacked."""
         check_species(atoms.numbers, self.species, self.model_name)
-        gap = uncalibrated_elements(self.calibrated_elements, [np.asarray(atoms.numbers)])
+        gap = (uncalibrated_elements(self.calibrated_elements, [np.asarray(atoms.numbers)])
+               if self.warn_uncalibrated else None)
         if gap and gap not in self._uncalibrated_warned:
             self._uncalibrated_warned.add(gap)
             warnings.warn(f"{self.model_name}: {gap}", UserWarning, stacklevel=3)

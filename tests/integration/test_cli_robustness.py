@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -217,10 +218,14 @@ def test_elements_absent_from_calibration_are_warned_about(cli, tiny_checkpoint,
     assert evaluated.exit_code == 0 and warning in " ".join(evaluated.stderr.split())
     lee = cli("lee-check", out, "--frames", "1", "--rotations", "1", "--threads", "1")
     assert lee.exit_code == 0 and "1 of 1 structures hold elements absent" in " ".join(lee.stderr.split())
-    md = cli("md", out, "--steps", "2", "--log-every", "1", "--threads", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)   # one warning line, not the calculator's too
+        md = cli("md", out, "--steps", "2", "--log-every", "1", "--threads", "1")
     assert md.exit_code == 0 and "1 of 1 structures hold elements absent" in " ".join(md.stderr.split())
     covered = cli("eval", out, "--data", no_oxygen, "--frames", "2", "--threads", "1")
     assert "absent from the calibration" not in covered.stderr
+    inspected = cli("inspect", out)
+    assert "calibration: 3 structures" in inspected.stdout and "elements H, C\n" in inspected.stdout
 
 
 def test_brackets_in_messages_are_printed_not_taken_for_markup(cli, tiny_checkpoint, tmp_path):

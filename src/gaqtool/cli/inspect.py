@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gaqtool.cli.app import app
@@ -49,9 +50,10 @@ def model_summary(qfile) -> dict:
     was quantized from (as the file's report records it)."""
     config = qfile.model_config
     source = dict((getattr(qfile, "report", None) or {}).get("source") or {})
+    calibration = dict((getattr(qfile, "report", None) or {}).get("calibration") or {})
     return {"architecture": config.get("architecture", "gaqtool"), "name": config.get("name"),
             "modal": config.get("modal", source.get("modal")), "molecule": config.get("molecule"),
-            "source": source or None}
+            "source": source or None, "calibration": calibration or None}
 
 
 def _modules_table(modules: dict[str, dict]) -> Table:
@@ -112,6 +114,12 @@ def inspect(
         f"quantized from {source.get('name') or source.get('path') or '?'}") if part)
     console.print(f"{described}; source sha256 "
                   f"{qfile.raw_metadata.get('gaqtool.source_sha256', '?')[:16]}…", highlight=False)
+    calibration = model["calibration"] or {}
+    if calibration:
+        elements = calibration.get("elements")
+        console.print(escape(f"calibration: {calibration.get('frames', '?')} structures "
+                             f"({calibration.get('data', '?')})"
+                             + (f"; elements {', '.join(elements)}" if elements else "")), highlight=False)
     console.print(bit_map_line(summary["bit_map"]), highlight=False)
     budget = qfile.report.get("budget")
     if budget:

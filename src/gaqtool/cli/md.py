@@ -186,7 +186,8 @@ def md(
                           log_every=log_every, seed=seed, blowup_distance=blowup_distance)
     start = initial_state(begin.numbers, begin.positions, temperature, seed, begin.cell, begin.pbc)
     origin = begin.origin
-    calculators = [GAQCalculator(m, force_mode=None, quantized_energy=quantized_energy, threads=threads)
+    calculators = [GAQCalculator(m, force_mode=None, quantized_energy=quantized_energy, threads=threads,
+                                 warn_uncalibrated=False)  # warned above, as one line
                    for m in loaded]  # loaded in force_mode above
     for calc in calculators:
         calc.check_atoms(start)  # unknown elements fail before any dynamics
