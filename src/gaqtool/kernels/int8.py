@@ -96,12 +96,17 @@ def _best_seconds(run: Callable[[], torch.Tensor], device: torch.device, repeats
     return best
 
 
-@functools.lru_cache(maxsize=None)
 def int_mm_speedup(device: torch.device | str = "cpu") -> float:
     """Measured ``torch._int_mm`` throughput over float32 ``torch.mm`` at
-    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each; about 10-50 ms, once per process).
-    Whether int8 pays depends on the CPU (VNNI, AMX) and the torch build, so it is measured."""
-    device = torch.device(device)
+    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each; about 10-50 ms, once per process
+    and device). Whether int8 pays depends on the CPU (VNNI, AMX) and the torch build, so it is
+    measured."""
+    return _measured_speedup(str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_speedup(device_name: str) -> float:
+    device = torch.device(device_name)
     m, k, n = SPEED_PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     a = torch.randint(-QMAX, QMAX + 1, (m, k), dtype=torch.int8, generator=generator).to(device)
