@@ -97,8 +97,7 @@ class GAQCalculator(Calculator):
                       if from_file else path_or_model)
             self.model = loaded.model
             self.model_name = f"{loaded.path.name} ({loaded.label})"
-            report = loaded.info.get("report", {}) if loaded.kind == "quantized" else {}
-            self.calibrated_elements = report.get("calibration", {}).get("elements")
+            self.calibrated_elements = loaded.calibration_elements
         if force_mode is not None and not from_file:  # load_model has applied it to files
             set_force_mode(self.model, force_mode)
         self.quantized_energy = bool(quantized_energy)

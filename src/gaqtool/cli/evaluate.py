@@ -64,8 +64,7 @@ def check_elements(loaded: LoadedModel, frames: Frames, data: str) -> None:
 def warn_if_uncalibrated(loaded: LoadedModel, numbers) -> None:
     """One warning when a quantized file meets elements its calibration structures lacked
     (``numbers``: atomic numbers per structure)."""
-    calibrated = loaded.info.get("report", {}).get("calibration", {}).get("elements")
-    gap = uncalibrated_elements(calibrated, numbers) if loaded.kind == "quantized" else None
+    gap = uncalibrated_elements(loaded.calibration_elements, numbers)
     if gap:
         warn(f"{display_name(loaded)}: {gap}")
 

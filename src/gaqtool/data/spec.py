@@ -177,10 +177,11 @@ def uncalibrated_elements(calibrated: list[str] | None, numbers: Sequence[np.nda
     element is covered, or if ``calibrated`` is unknown (files written before it was recorded)."""
     if not calibrated or not len(numbers):
         return None
-    missing = [s for s in element_symbols(numbers) if s not in set(calibrated)]
+    covered = set(calibrated)
+    missing = [s for s in element_symbols(numbers) if s not in covered]
     if not missing:
         return None
-    affected = sum(bool(set(element_symbols([n])) & set(missing)) for n in numbers)
+    affected = sum(not covered.issuperset(element_symbols([n])) for n in numbers)
     return (f"{affected} of {len(numbers)} structures hold elements absent from the calibration "
             f"structures ({', '.join(missing)}): the quantized model was calibrated without them, "
             "so expect larger errors there (calibrate with --calib-data that covers them)")

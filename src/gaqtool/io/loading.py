@@ -40,6 +40,14 @@ class LoadedModel:
     molecule: str | None
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def calibration_elements(self) -> list[str] | None:
+        """Chemical symbols of a quantized file's calibration structures, where its report
+        records them (files since 0.3.1); None otherwise."""
+        if self.kind != "quantized":
+            return None
+        return (self.info.get("report") or {}).get("calibration", {}).get("elements")
+
 
 def load_model(path: Path | str | None = None, trust_pickle: bool = False,
                force_mode: ForceMode | str | None = None, modal: str | None = None,

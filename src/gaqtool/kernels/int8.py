@@ -458,20 +458,20 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     device = next(iter(model.buffers()), torch.empty(0)).device
     support = probe_int_mm(device)
     wrappers = [(p, m) for p, m in model.named_modules() if isinstance(m, QuantizedModule)]
+    def nothing_switched(backend: str, why: str) -> IntegerKernelReport:
+        message = f"{why}; the model keeps fake quantization"
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return IntegerKernelReport(backend, {}, {p: message for p, _ in wrappers}, [message])
+
     if not support.available:
-        message = (f"no usable integer GEMM (torch._int_mm: {support.reason}); "
-                   "the model keeps fake quantization")
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        return IntegerKernelReport("none (fake quantization)", {},
-                                   {p: message for p, _ in wrappers}, [message])
+        return nothing_switched("none (fake quantization)",
+                                f"no usable integer GEMM (torch._int_mm: {support.reason})")
     speedup = int_mm_speedup(device) if require_speedup else None
     if speedup is not None and speedup < MIN_INT8_SPEEDUP:
-        message = (f"int8 GEMMs run at {speedup:.2g}x float32 speed on this machine (below "
-                   f"{MIN_INT8_SPEEDUP}x; CPUs with AVX512-VNNI, AVX-VNNI or AMX are faster); the "
-                   "model keeps fake quantization")
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        return IntegerKernelReport("none (int8 slower than float32 here)", {},
-                                   {p: message for p, _ in wrappers}, [message])
+        return nothing_switched("none (int8 slower than float32 here)",
+                                f"int8 GEMMs run at {speedup:.2g}x float32 speed on this machine "
+                                f"(below {MIN_INT8_SPEEDUP}x; CPUs with AVX512-VNNI, AVX-VNNI or "
+                                "AMX are faster)")
     kernels = make_kernels(compile, integer_backward)
     backend = ("torch._int_mm + " + ("compiled" if compile else "eager") + " quant/dequant"
                + (", int8 backward" if integer_backward else ", float backward"))

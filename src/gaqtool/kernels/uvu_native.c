@@ -73,7 +73,7 @@ static inline float vsum(vec v) {
 #ifdef VLEN
 #define MAX_D 7 /* 2l + 1 for l <= 3: larger blocks take the portable loops */
 
-/* out[c][u] += sum_a M[a, c] w[u] x[a][u] for one edge and path, 16 channels at a time: each
+/* out[c][u] += sum_a M[a, c] w[u] x[a][u] for one edge and path, VLEN channels at a time: each
  * output row is loaded and stored once per block instead of once per input row. */
 static void message_block(int mul, int d_in, int d_out, const float *x, const float *w,
                           const float *mp, float *out) {
@@ -90,7 +90,7 @@ static void message_block(int mul, int d_in, int d_out, const float *x, const fl
     }
 }
 
-/* gx[a][u] += w[u] sum_c M[a, c] g[c][u] for one edge and path, 16 channels at a time. */
+/* gx[a][u] += w[u] sum_c M[a, c] g[c][u] for one edge and path, VLEN channels at a time. */
 static void node_grad_block(int mul, int d_in, int d_out, const float *g, const float *w,
                             const float *mp, float *gx) {
     vec gv[MAX_D];
@@ -212,7 +212,7 @@ void uvu_grad_nodes(int64_t num_nodes, const int64_t *rowptr, const int64_t *ord
 /* One input row a of one path of one edge, for a fixed number D of output rows (D <= 7):
  *   gm[c]  = sum_u w[u] x[u] g_c[u]              (c < D; NULL: not wanted)
  *   gw[u] += x[u] * sum_c coef[c] g_c[u]         (NULL: not wanted)
- * The u loop runs in blocks of 16 with D independent vector accumulators, so the dot
+ * The u loop runs in blocks of VLEN with D independent vector accumulators, so the dot
  * products are throughput-bound rather than bound by the latency of one reduction chain. */
 #ifdef VLEN
 #define ROW_KERNEL(D)                                                                          \
