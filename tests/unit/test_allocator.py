@@ -44,7 +44,7 @@ def _page_faults(mode: str) -> int:
 def test_freed_memory_is_reused_across_calls():
     default, kept = _page_faults("default"), _page_faults("keep")
     assert default > 5000            # measured 15k-49k fresh 4 KiB pages per call by default
-    assert kept < default / 10       # measured 1-5 (one call in three may still grow the heap)
+    assert kept < default / 10       # measured 0-3 (AVX2 machine) and 4-5 (AVX-512 one)
 
 
 def test_keep_freed_memory_is_idempotent():

@@ -81,7 +81,7 @@ def _try_int_mm(m: int, k: int, n: int, device: torch.device) -> str:
 SPEED_PROBE_SHAPE = (512, 64, 960)
 # Below this measured int8 / float32 GEMM throughput the quantization passes cannot be repaid
 # (measured on an AVX512-VNNI CPU: 3.5-5x; without VNNI this torch build's torch._int_mm ran
-# at 0.02-0.07x float32 on an AVX2 CPU, 2026-12-02)
+# at 0.02-0.06x float32 on an AVX2 CPU, 2026-12-02)
 MIN_INT8_SPEEDUP = 1.2
 
 
@@ -98,9 +98,9 @@ def _best_seconds(run: Callable[[], torch.Tensor], device: torch.device, repeats
 
 def int_mm_speedup(device: torch.device | str = "cpu") -> float:
     """Measured ``torch._int_mm`` throughput over float32 ``torch.mm`` at
-    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each; about 10-50 ms, once per process
-    and device). Whether int8 pays depends on the CPU (VNNI, AMX) and the torch build, so it is
-    measured."""
+    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each, once per process and device; 150 ms
+    where int8 is slow, on an AVX2 CPU without VNNI). Whether int8 pays depends on the CPU (VNNI,
+    AMX) and the torch build, so it is measured."""
     return _measured_speedup(str(torch.device(device)))
 
 
