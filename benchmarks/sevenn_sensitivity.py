@@ -9,8 +9,9 @@ Two probes, both weight-only (so no activation rounding mixes in):
           'w4_g16={"group_size": 16}' 'w4_readout8={"keep_wide": ["role:readout"]}'
 
   (``bits`` picks the preset, default w4; ``keep_fp32`` adds to role:species_embedding);
-- ``single``: one weighted module at a time at W4, rounded to nearest, every other module FP32
-  (on 8 crystals and 3 aspirin frames of the test part), to rank the modules;
+- ``single``: one weighted module at a time at W4 (or the first ``--bits``), rounded to nearest,
+  every other module FP32 (on 8 crystals and 3 aspirin frames of the test part), to rank the
+  modules;
 - ``species-offset``: whether per-element energy offsets, fitted on the calibration part, would
   remove the energy error that the default single offset (``energy_correction``) leaves: fitted
   from the atomic energies (mean FP32 - quantized per element) or by least squares on the total
@@ -63,14 +64,14 @@ def variants(fp32, specs: list[str]) -> None:
                     time.perf_counter() - started), flush=True)
 
 
-def single(fp32) -> None:
+def single(fp32, bits: str = "w4") -> None:
     test = resolve_data("universal", "test").frames
     test = test.subset(list(range(0, 16, 2)) + [16, 17, 18])
     reference = predict(fp32, test)
     targets = [p for p, m in fp32.named_modules() if p and _kind_of(m) and any(True for _ in m.parameters())]
     for target in targets:
         started = time.perf_counter()
-        config = QuantConfig.from_preset("w4", method="weight-only", weight_rounding="nearest",
+        config = QuantConfig.from_preset(bits, method="weight-only", weight_rounding="nearest",
                                          keep_fp32=tuple(p for p in targets if p != target))
         quantized, _ = quantize_model(copy.deepcopy(fp32), config)
         size = sum(p.numel() for p in fp32.get_submodule(target).parameters())
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("probe", choices=["variants", "single", "species-offset"])
     parser.add_argument("specs", nargs="*", help="name=JSON options (variants)")
     parser.add_argument("--model", default="sevenn:7net-0")
-    parser.add_argument("--bits", action="append", help="presets for species-offset (default w8, w4)")
+    parser.add_argument("--bits", action="append", help="presets for species-offset (default w8, w4); single takes the first (default w4)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_intermixed_args()
     warnings.simplefilter("ignore")
@@ -148,7 +149,7 @@ def main() -> None:
     if args.probe == "variants":
         variants(fp32, args.specs)
     elif args.probe == "single":
-        single(fp32)
+        single(fp32, (args.bits or ["w4"])[0])
     else:
         species_offset(fp32, args.bits or ["w8", "w4"])
 
