@@ -7,9 +7,9 @@ dequantization; and its int8 backward), and oneDNN's quantized linear with a flo
     python benchmarks/int8_layer_kernels.py --threads 2 --sweep
 
 Prints median milliseconds (freed memory kept, as the CLI runs) and the relative error of each
-output against the float64 product of the same integer weights. ``--sweep``: forward + backward,
-float32 against gaqtool's int8 pair, for K = 64, N = 64 / 384 / 960 and 100 to 6048 rows (where
-``gaqtool.kernels.int8``'s thresholds come from).
+output against the float64 product of the same integer weights. ``--sweep``: forward and backward
+apart and together, float32 against gaqtool's int8 kernels, for K = 64, N = 64 / 384 / 960 and
+100 to 6048 rows (where ``gaqtool.kernels.int8``'s thresholds come from).
 """
 
 from __future__ import annotations
@@ -35,18 +35,22 @@ def _median_ms(call, repeats: int) -> float:
 
 def sweep(k8, repeats: int) -> None:
     forward, backward = k8.make_kernel(True), k8.make_kernel(True, k8.int8_grad_input)
-    print(f"forward + backward, K = 64, {torch.get_num_threads()} threads, median of {repeats} (us)")
+    print(f"float32 / int8, K = 64, {torch.get_num_threads()} threads, median of {repeats} (us)")
     for n in (64, 384, 960):
         for rows in (100, 290, 600, 1200, 2400, 6048):
             x, grad_y = torch.randn(rows, 64), torch.randn(rows, n)
             weight_int = torch.randint(-127, 128, (n, 64), dtype=torch.int8)
             scale = torch.rand(n)
             weight = weight_int.float() * scale[:, None]
-            fp32 = _median_ms(lambda: (x @ weight.t(), grad_y @ weight), repeats) * 1e3
-            int8 = _median_ms(lambda: (forward(x, weight_int.t(), scale, None),
-                                       backward(grad_y, weight_int.contiguous(), scale)), repeats) * 1e3
-            print(f"  N {n:4d} rows {rows:5d} ({rows * 64 * n / 1e6:6.1f}M MACs): float32 {fp32:7.0f}  "
-                  f"int8 {int8:7.0f}  {fp32 / int8:.2f}x")
+            weight_nk = weight_int.contiguous()
+            fwd = [_median_ms(call, repeats) * 1e3 for call in
+                   (lambda: x @ weight.t(), lambda: forward(x, weight_int.t(), scale, None))]
+            bwd = [_median_ms(call, repeats) * 1e3 for call in
+                   (lambda: grad_y @ weight, lambda: backward(grad_y, weight_nk, scale))]
+            print(f"  N {n:4d} rows {rows:5d} ({rows * 64 * n / 1e6:6.1f}M MACs): "
+                  f"forward {fwd[0]:7.0f} / {fwd[1]:7.0f} = {fwd[0] / fwd[1]:.2f}x  "
+                  f"backward {bwd[0]:7.0f} / {bwd[1]:7.0f} = {bwd[0] / bwd[1]:.2f}x  "
+                  f"both {(fwd[0] + bwd[0]) / (fwd[1] + bwd[1]):.2f}x")
 
 
 def main() -> None:

@@ -291,6 +291,53 @@ def test_int8_speed_probe_measures_a_positive_ratio():
     assert 0 < speedup < 100 and k8.int_mm_speedup(torch.device("cpu")) == speedup  # measured once
 
 
+def test_row_rule_follows_the_nearest_probe_size():
+    rule = k8.RowRule(forward=(True, True, False, False), backward=(False, True, True, True))
+    assert k8.PROBE_ROWS == (256, 1024, 4096, 16384)
+    assert rule.at(1) == (True, False) and rule.at(400) == (True, False)     # nearest: 256
+    assert rule.at(600) == (True, True) and rule.at(2000) == (True, True)    # nearest: 1024
+    assert rule.at(6048) == (False, True) and rule.at(10**6) == (False, True)
+    assert "rows 256, 1024 (forward), 1024, 4096, 16384 (backward)" in rule.describe()
+
+
+def test_measured_row_rule_has_one_verdict_per_size_and_direction():
+    kernels = k8.make_kernels(compile=False, integer_backward=True)
+    rule = k8.measure_row_rule(kernels, 16, 24)
+    assert len(rule.forward) == len(rule.backward) == len(k8.PROBE_ROWS)
+    assert all(isinstance(f, bool) for f in rule.forward + rule.backward)
+    assert k8.measure_row_rule(k8.make_kernels(False, False), 16, 24).backward == (False,) * 4
+
+
+@pytest.mark.parametrize("forward,backward", [(False, True), (True, False), (False, False)])
+def test_measured_rules_choose_the_direction_of_each_call(models, frames, monkeypatch, forward,
+                                                          backward):
+    """A layer whose forward measured slower in int8 runs the fake-quant forward and, where the
+    backward won, the int8 backward; neither winning is exactly the fake-quant model."""
+    monkeypatch.setattr(k8, "int_mm_speedup", lambda device: 10.0)
+    monkeypatch.setattr(k8, "measure_row_rule",
+                        lambda *a: k8.RowRule((forward,) * 4, (backward,) * 4))
+    model = copy.deepcopy(models["w4"])
+    report = k8.enable_integer_kernels(model, compile=False, min_in_features=1,
+                                       min_out_features=1, min_macs=1)
+    if not (forward or backward):   # nothing won: nothing switched, and the report says why
+        assert not report.switched and any("measured slower" in v for v in report.kept.values())
+    else:
+        assert report.switched and all("int8 faster at rows" in v for v in report.switched.values())
+    batch = make_batch(frames, range(2), model.cutoff)
+    e_int, f_int = energy_and_forces(model, batch)
+    e_fq, f_fq = energy_and_forces(models["w4"], batch)
+    wrappers = [m.integer_forward for m in model.modules()
+                if isinstance(m, QuantizedModule) and m.integer_forward is not None]
+    key = "integer" if forward else "integer backward only"
+    assert all(w.calls[key] > 0 for w in wrappers)
+    if not forward:   # float forward on the dequantized weights: the weight-only energy
+        torch.testing.assert_close(e_int, e_fq, rtol=0, atol=1e-5)
+    if not (forward or backward):
+        torch.testing.assert_close(f_int, f_fq, rtol=0, atol=0)
+    elif backward:    # the int8 backward rounds each gradient row: close, not equal
+        assert 0 < (f_int - f_fq).abs().max() < 5e-3
+
+
 def test_failed_compile_falls_back_to_eager_with_warning(models, frames, monkeypatch):
     def failing_compile(fn, **kwargs):
         def run(*args, **kw):

@@ -9,8 +9,11 @@ Configurations (gaqtool's with parameters frozen, so autograd tracks positions o
   fake-quant  the quantized model as stored: dequantized float weights, fake-quant activations
   dynamics    the quantized model as ``md`` and ``GAQCalculator`` run it by default: force mode
               'conservative', the energy whose gradient the forces are, in one pass
-  int8        the quantized model with ``enable_integer_kernels`` (int8 GEMMs, compiled quant/dequant)
-  int8-eager  the same with eager quant/dequant
+  int8        the quantized model with ``enable_integer_kernels`` as the API runs it: int8 GEMMs
+              with compiled quant/dequant, in each direction only at the sizes where this
+              machine measured them faster (nothing switched where int8 GEMMs are slow)
+  int8-all    int8 in every eligible call, whatever it costs here (compiled)
+  int8-eager  int8 in every eligible call, eager quant/dequant
 Systems: 1 aspirin; a batch of ``--batch-size`` aspirins (separate molecules); one system of
 ``--cluster-molecules`` aspirins centred on a cubic grid ``--spacing`` A apart (neighbouring
 molecules interact within the cutoff; 48 molecules -> 1008 atoms). Universal models (no fitted
@@ -31,17 +34,19 @@ import math
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
 import typer
 
 from gaqtool.cli.app import app
-from gaqtool.cli.console import console, log, print_json
+from gaqtool.cli.console import console, log, print_json, warn
 from gaqtool.cli.options import ForceModeOverrideOption, JsonOption, ModalOption
 from gaqtool.errors import InputError
 
-CONFIGS = ("sevenn", "fp32", "fp32-e3nn", "bf16", "fake-quant", "dynamics", "int8", "int8-eager")
+CONFIGS = ("sevenn", "fp32", "fp32-e3nn", "bf16", "fake-quant", "dynamics", "int8", "int8-all",
+           "int8-eager")
 DEFAULT_CONFIGS = ["fp32", "bf16", "fake-quant", "dynamics", "int8"]
 SEVENN_DEFAULT_CONFIGS = ["sevenn", "fp32", "fake-quant", "dynamics"]
 SEVENN_ONLY = ("sevenn", "fp32-e3nn")
@@ -205,10 +210,16 @@ def build_configs(fp32, quantized: list, configs: list[str], fp32_e3nn=None) -> 
             if config == "dynamics":
                 set_force_mode(model, ForceMode.CONSERVATIVE)  # md's and the calculator's default
             if config.startswith("int8"):
-                # measured whatever int8 GEMMs cost here (the API's default keeps fake
-                # quantization where they are slower: see data["int8_gemm_speedup"])
-                reports[name] = enable_integer_kernels(model, compile=(config == "int8"),
-                                                       require_speedup=False).to_dict()
+                # int8: the API's default (measured per layer shape, size and direction);
+                # int8-all / int8-eager: every eligible call, whatever int8 GEMMs cost here
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", RuntimeWarning)  # the kernels' own notes
+                    reports[name] = enable_integer_kernels(
+                        model, compile=(config != "int8-eager"),
+                        require_speedup=(config == "int8")).to_dict()
+                for w in caught:
+                    if issubclass(w.category, RuntimeWarning):
+                        warn(f"{name}: {w.message}")
             models[name] = (model, False)
     return models, reports
 
@@ -428,7 +439,8 @@ def _render(data: dict) -> None:
         from gaqtool.kernels.int8 import MIN_INT8_SPEEDUP, SPEED_PROBE_SHAPE
 
         verdict = ("" if speedup >= MIN_INT8_SPEEDUP else
-                   f": below {MIN_INT8_SPEEDUP}x, so outside bench gaqtool keeps fake quantization")
+                   f": below {MIN_INT8_SPEEDUP}x, so the int8 configuration switches nothing "
+                   "(int8-all runs it anyway)")
         console.print(f"[dim]int8 GEMM ({'x'.join(map(str, SPEED_PROBE_SHAPE))}) measures "
                       f"{speedup:.2g}x float32 here{verdict}[/]", highlight=False)
     if convolution:

@@ -25,6 +25,7 @@ On this CPU build ``torch._int_mm`` accepts any shape; CUDA needs M > 16 and K, 
 from __future__ import annotations
 
 import functools
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ __all__ = ["QMAX", "IntMMSupport", "probe_int_mm", "quantize_rows", "pad_operand
            "int8_linear", "Int8LinearFunction", "IntegerLinear", "IntegerKernelReport",
            "make_kernel", "make_kernels", "IntegerKernels", "int8_grad_input", "enable_integer_kernels", "disable_integer_kernels",
            "MIN_IN_FEATURES", "MIN_OUT_FEATURES", "MIN_MACS",
-           "int_mm_speedup", "MIN_INT8_SPEEDUP", "SPEED_PROBE_SHAPE"]
+           "int_mm_speedup", "MIN_INT8_SPEEDUP", "SPEED_PROBE_SHAPE",
+           "PROBE_ROWS", "RowRule", "measure_row_rule"]
 
 QMAX = 127
 _EPS = 1e-12  # smallest row scale: an all-zero row quantizes to zeros
@@ -85,21 +87,30 @@ SPEED_PROBE_SHAPE = (512, 64, 960)
 MIN_INT8_SPEEDUP = 1.2
 
 
-def _best_seconds(run: Callable[[], torch.Tensor], device: torch.device, repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first call is a warm-up
+# Untimed calls before a measurement: oneDNN's first int8 GEMMs of a process run 10-200x slower
+# (kernel generation, then about 0.9 ms instead of 0.1 ms for the next few calls at 512 x 64 x
+# 960 on an AMX Xeon, 2026-12-02), which made single-warm-up probes read 0.5x-4.3x
+WARMUP_CALLS = 10
+
+
+def _best_seconds(run: Callable[[], torch.Tensor], device: torch.device, repeats: int = 5,
+                  warmup: int = WARMUP_CALLS) -> float:
+    def timed() -> float:
         started = time.perf_counter()
         run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return best
+        return time.perf_counter() - started
+
+    for _ in range(warmup):
+        timed()
+    return min(timed() for _ in range(repeats))
 
 
 def int_mm_speedup(device: torch.device | str = "cpu") -> float:
     """Measured ``torch._int_mm`` throughput over float32 ``torch.mm`` at
-    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each, once per process and device; 150 ms
-    where int8 is slow, on an AVX2 CPU without VNNI). Whether int8 pays depends on the CPU (VNNI,
+    :data:`SPEED_PROBE_SHAPE` on ``device`` (best of 5 each after :data:`WARMUP_CALLS`, once per
+    process and device). Whether int8 pays depends on the CPU (VNNI,
     AMX) and the torch build, so it is measured."""
     return _measured_speedup(str(torch.device(device)))
 
@@ -115,6 +126,69 @@ def _measured_speedup(device_name: str) -> float:
     integer = _best_seconds(lambda: torch._int_mm(a, b), device)
     floating = _best_seconds(lambda: torch.mm(af, bf), device)
     return floating / integer
+
+
+# Row counts at which each switched layer shape times its integer kernels against float32
+# (radial networks: one row per edge; 1 aspirin ~300 edges, 216-atom Si ~6000, 32 aspirins ~10^4)
+PROBE_ROWS = (256, 1024, 4096, 16384)
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """Where one layer shape's integer kernels ran faster than float32, measured per direction.
+
+    forward, backward: one flag per :data:`PROBE_ROWS` entry, True where int8 won there. A call
+    of M rows follows the probe nearest to M on a log scale. Why measured: on an AMX/VNNI Xeon
+    (2026-12-02, 2 threads) ``torch._int_mm`` for 6048 x 64 -> 960 took 8.6 ms against 6.9 ms
+    float32, while 512 rows took 0.14 against 0.41 ms and the backward shape 6048 x 960 -> 64
+    0.86 against 6.5 ms: where the int32 product outgrows the cache, the forward loses.
+    """
+
+    forward: tuple[bool, ...]
+    backward: tuple[bool, ...]
+
+    @staticmethod
+    def _nearest(rows: int) -> int:
+        return min(range(len(PROBE_ROWS)),
+                   key=lambda i: abs(math.log(max(rows, 1)) - math.log(PROBE_ROWS[i])))
+
+    def at(self, rows: int) -> tuple[bool, bool]:
+        """(integer forward, integer backward) for a call of ``rows`` rows."""
+        i = self._nearest(rows)
+        return self.forward[i], self.backward[i]
+
+    def describe(self) -> str:
+        def rows(flags):
+            won = [str(r) for r, f in zip(PROBE_ROWS, flags) if f]
+            return ", ".join(won) if won else "none"
+        return (f"int8 faster at rows {rows(self.forward)} (forward), {rows(self.backward)} "
+                f"(backward) of {', '.join(map(str, PROBE_ROWS))}")
+
+
+def measure_row_rule(kernels: "IntegerKernels", in_features: int, out_features: int,
+                     device: torch.device | str = "cpu") -> RowRule:
+    """Time ``kernels`` (forward with per-row quantization and dequantization included; the
+    integer backward if there is one) against the float32 products of a (K, N) layer at every
+    :data:`PROBE_ROWS` row count, best of 3 (after :data:`WARMUP_CALLS` at the first size, one
+    at the others)."""
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    k, n = in_features, out_features
+    weight_int = torch.randint(-QMAX, QMAX + 1, (n, k), dtype=torch.int8, generator=generator).to(device)
+    scale = (torch.rand(n, generator=generator) * 0.01).to(device)
+    weight, weight_t, weight_nk = weight_int.float() * scale[:, None], weight_int.t(), weight_int.contiguous()
+    forward, backward = [], []
+    for i, rows in enumerate(PROBE_ROWS):
+        x = torch.randn(rows, k, generator=generator).to(device)
+        grad_y = torch.randn(rows, n, generator=generator).to(device)
+        warmup = WARMUP_CALLS if i == 0 else 1       # the smallest size warms the kernels up
+        best = functools.partial(_best_seconds, device=device, repeats=3, warmup=warmup)
+        forward.append(best(lambda: kernels.forward(x, weight_t, scale, None)) < best(lambda: x @ weight.t()))
+        if kernels.backward is None:
+            backward.append(False)
+            continue
+        backward.append(best(lambda: kernels.backward(grad_y, weight_nk, scale)) < best(lambda: grad_y @ weight))
+    return RowRule(tuple(forward), tuple(backward))
 
 
 def probe_int_mm(device: torch.device | str = "cpu") -> IntMMSupport:
@@ -195,11 +269,12 @@ def int8_grad_input(grad_y: torch.Tensor, weight_int: torch.Tensor, weight_scale
 class IntegerKernels:
     """The integer kernels of a switched layer.
 
-    forward:  :func:`int8_linear` or its compiled version
+    forward:  :func:`int8_linear` or its compiled version, or None: the float product with the
+              dequantized weight
     backward: :func:`int8_grad_input` or its compiled version, or None: the float backward
     """
 
-    forward: Callable
+    forward: Callable | None
     backward: Callable | None = None
 
 
@@ -207,7 +282,8 @@ class Int8LinearFunction(torch.autograd.Function):
     """Integer forward; backward ``grad_x = grad_y @ W_deq`` (straight-through rounding).
 
     forward(x (M, K) float32, weight_deq (N, K) float32, bias (N,) or None, kernels
-    (:class:`IntegerKernels`), weight_t (K, N) int8, weight_scale (N,) float32, weight_nk (N, K)
+    (:class:`IntegerKernels`; a None forward is the float product ``x @ weight_deq^T``),
+    weight_t (K, N) int8, weight_scale (N,) float32, weight_nk (N, K)
     int8 contiguous or None) -> (M, N) float32. Only ``x`` and ``bias`` receive gradients
     (weights are constants of a quantized model). The backward is the integer GEMM
     ``kernels.backward`` where there is one, ``weight_nk`` is given and no graph of the backward
@@ -219,6 +295,8 @@ class Int8LinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight_deq, bias, kernels, weight_t, weight_scale, weight_nk=None):
         ctx.save_for_backward(weight_deq, weight_scale, weight_nk)
         ctx.has_bias, ctx.kernels = bias is not None, kernels
+        if kernels.forward is None:                       # float forward, integer backward
+            return F.linear(x, weight_deq, bias)
         return kernels.forward(x, weight_t, weight_scale, bias)
 
     @staticmethod
@@ -297,11 +375,15 @@ class IntegerLinear:
                     for nn.Linear; for e3nn layers a scaled copy)
       min_macs:     calls with fewer multiply-accumulates (rows x K x N) run the fake-quant float
                     path: the compiled kernel's fixed cost (~25 us) exceeds the GEMM saving there
-    ``__call__(module, x (..., K))`` -> (..., N) float32.
+      rule:         :class:`RowRule` choosing per call and direction where int8 runs, or None:
+                    int8 in both directions at every size (above ``min_macs``)
+    ``__call__(module, x (..., K))`` -> (..., N) float32. A call whose forward is float32 by the
+    rule quantizes its input as the fake-quant path does (the layer's static grid, if any).
     """
 
     def __init__(self, module: torch.nn.Module, kernels: IntegerKernels, min_macs: int,
-                 needs_padding: bool = False, contiguous_weight: bool = False):
+                 needs_padding: bool = False, contiguous_weight: bool = False,
+                 rule: RowRule | None = None):
         layer = dense_layer(module)
         self.weight_t = layer.weight_int.contiguous() if contiguous_weight else layer.weight_int
         # (N, K) int8 for the integer backward (CUDA's padding rules are not handled there)
@@ -311,18 +393,30 @@ class IntegerLinear:
         self.weight_deq, self.bias, self.post = layer.weight, layer.bias, layer.post
         self.macs_per_row = layer.in_features * layer.out_features
         forward = functools.partial(kernels.forward, needs_padding=True) if needs_padding else kernels.forward
-        self.kernels = IntegerKernels(forward, kernels.backward)
+        # by (integer forward, integer backward); a None backward is the float product
+        self.kernels = {(True, True): IntegerKernels(forward, kernels.backward),
+                        (True, False): IntegerKernels(forward, None),
+                        (False, True): IntegerKernels(None, kernels.backward)}
         self.min_macs = int(min_macs)
-        self.calls = {"integer": 0, "float": 0}
+        self.rule = rule
+        self.calls = {"integer": 0, "integer backward only": 0, "float": 0}
 
     def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(1, x.shape[-1])
-        if rows * self.macs_per_row < self.min_macs or x.dtype != torch.float32:
+        integer_forward, integer_backward = self.rule.at(rows) if self.rule else (True, True)
+        integer_backward = integer_backward and self.weight_nk is not None
+        if (rows * self.macs_per_row < self.min_macs or x.dtype != torch.float32
+                or not (integer_forward or integer_backward)):
             self.calls["float"] += 1
             return module.inner(module.input_quantizers[0](x))   # exactly the fake-quant path
-        self.calls["integer"] += 1
+        kernels = self.kernels[integer_forward, integer_backward]
+        if not integer_forward:
+            self.calls["integer backward only"] += 1
+            x = module.input_quantizers[0](x)
+        else:
+            self.calls["integer"] += 1
         flat = x.reshape(rows, x.shape[-1])
-        y = Int8LinearFunction.apply(flat, self.weight_deq, self.bias, self.kernels, self.weight_t,
+        y = Int8LinearFunction.apply(flat, self.weight_deq, self.bias, kernels, self.weight_t,
                                      self.weight_scale, self.weight_nk)
         if self.post is not None:
             y = self.post(y)
@@ -453,7 +547,10 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
     If ``torch._int_mm`` does not run here, or (with ``require_speedup``) its measured speed
     (:func:`int_mm_speedup`) is below :data:`MIN_INT8_SPEEDUP` times float32's, nothing is
     switched and a warning is issued: the model keeps its fake-quant path, which is no slower.
-    ``require_speedup=False`` switches anyway (numerics studies, tests).
+    With ``require_speedup`` each switched layer shape's kernels are also timed against float32
+    at :data:`PROBE_ROWS` (:func:`measure_row_rule`, once per shape), and each call runs int8
+    only in the directions (forward, backward) that won at its size.
+    ``require_speedup=False`` switches anyway, int8 at every size (numerics studies, tests).
     """
     device = next(iter(model.buffers()), torch.empty(0)).device
     support = probe_int_mm(device)
@@ -479,6 +576,7 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
                                                     "min_out_features": min_out_features,
                                                     "min_macs": min_macs})
     forget_float_graph(model)
+    rules: dict[tuple[int, int], RowRule] = {}
     for path, module in wrappers:
         module.integer_forward = None
         if module.kind not in DENSE_KINDS:
@@ -488,11 +586,20 @@ def enable_integer_kernels(model: torch.nn.Module, compile: bool = True,
         if reason:
             report.kept[path] = reason
             continue
-        module.integer_forward = IntegerLinear(module, kernels, min_macs, support.needs_padding,
-                                               contiguous_weight)
         layer = dense_layer(module)
+        shape = (layer.in_features, layer.out_features)
+        if require_speedup and shape not in rules:
+            rules[shape] = measure_row_rule(kernels, *shape, device)
+        rule = rules.get(shape)
+        if rule is not None and not any(rule.forward + rule.backward):
+            report.kept[path] = (f"K={shape[0]}, N={shape[1]}: int8 measured slower than float32 "
+                                 f"in both directions at rows {', '.join(map(str, PROBE_ROWS))}")
+            continue
+        module.integer_forward = IntegerLinear(module, kernels, min_macs, support.needs_padding,
+                                               contiguous_weight, rule)
         report.switched[path] = (f"K={layer.in_features} N={layer.out_features}, "
-                                 f"{module.weight_bits}-bit weights as int8; {_activation_note(module)}")
+                                 f"{module.weight_bits}-bit weights as int8; {_activation_note(module)}"
+                                 + (f"; {rule.describe()}" if rule else ""))
     return report
 
 
