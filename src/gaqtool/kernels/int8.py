@@ -24,6 +24,7 @@ On this CPU build ``torch._int_mm`` accepts any shape; CUDA needs M > 16 and K, 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import time
@@ -131,6 +132,8 @@ def _measured_speedup(device_name: str) -> float:
 # Row counts at which each switched layer shape times its integer kernels against float32
 # (radial networks: one row per edge; 1 aspirin ~300 edges, 216-atom Si ~6000, 32 aspirins ~10^4)
 PROBE_ROWS = (256, 1024, 4096, 16384)
+# geometric means of neighbouring probes: a call takes the probe nearest on a log scale
+_PROBE_BOUNDARIES = [math.sqrt(a * b) for a, b in zip(PROBE_ROWS, PROBE_ROWS[1:])]
 
 
 @dataclass(frozen=True)
@@ -147,14 +150,9 @@ class RowRule:
     forward: tuple[bool, ...]
     backward: tuple[bool, ...]
 
-    @staticmethod
-    def _nearest(rows: int) -> int:
-        return min(range(len(PROBE_ROWS)),
-                   key=lambda i: abs(math.log(max(rows, 1)) - math.log(PROBE_ROWS[i])))
-
     def at(self, rows: int) -> tuple[bool, bool]:
         """(integer forward, integer backward) for a call of ``rows`` rows."""
-        i = self._nearest(rows)
+        i = bisect.bisect(_PROBE_BOUNDARIES, rows)
         return self.forward[i], self.backward[i]
 
     def describe(self) -> str:
